@@ -1,0 +1,295 @@
+"""Images in, normalised tensors out: decoding, colour conversion, the paper's preprocessing, batching."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from padim import paper
+from padim.errors import PadimError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
+Size = tuple[int, int]
+
+
+def as_size(value: int | Sequence[int] | None) -> Size | None:
+    """Normalise an int or (height, width) to a (height, width) tuple of positive ints."""
+    if value is None:
+        return None
+    if isinstance(value, (int, np.integer)):
+        value = (int(value), int(value))
+    size = tuple(int(v) for v in value)
+    if len(size) != 2 or min(size) < 1:
+        raise PadimError(f"image size must be a positive int or (height, width), got {value!r}")
+    return size  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Resize (bicubic), optional center crop, ImageNet normalisation (paper, Section IV-B)."""
+
+    image_size: Size = (paper.MVTEC_RESIZE, paper.MVTEC_RESIZE)
+    crop_size: Size | None = (paper.MVTEC_CROP, paper.MVTEC_CROP)
+    mean: tuple[float, float, float] = paper.IMAGENET_MEAN
+    std: tuple[float, float, float] = paper.IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        if self.crop_size is not None and (
+            self.crop_size[0] > self.image_size[0] or self.crop_size[1] > self.image_size[1]
+        ):
+            raise PadimError(f"crop size {self.crop_size} is larger than image size {self.image_size}")
+
+    @property
+    def output_size(self) -> Size:
+        """Height and width of the tensors fed to the backbone."""
+        return self.crop_size or self.image_size
+
+    def crop_box(self) -> tuple[int, int, int, int]:
+        """(top, left, height, width) of the crop inside the resized image."""
+        h, w = self.image_size
+        ch, cw = self.output_size
+        return int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0)), ch, cw
+
+    def __call__(self, rgb: torch.Tensor) -> torch.Tensor:
+        """Turn a (3, H, W) float image in [0, 1] into the normalised backbone input."""
+        x = resize(rgb[None], self.image_size).clamp_(0.0, 1.0)[0]
+        top, left, ch, cw = self.crop_box()
+        x = x[:, top : top + ch, left : left + cw]
+        mean = torch.tensor(self.mean, dtype=x.dtype).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype).view(3, 1, 1)
+        return (x - mean) / std
+
+    def to_original(self, maps: torch.Tensor, original_size: Size) -> torch.Tensor:
+        """Map (B, h, w) maps on the preprocessed grid back onto an original image's grid.
+
+        Pixels cut away by the crop were never seen by the model: they get 0 (no evidence).
+        """
+        top, left, ch, cw = self.crop_box()
+        if self.crop_size is not None:
+            canvas = maps.new_zeros((maps.shape[0], *self.image_size))
+            canvas[:, top : top + ch, left : left + cw] = maps
+            maps = canvas
+        return resize(maps[:, None], original_size)[:, 0]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready description, stored in model files."""
+        return {
+            "image_size": list(self.image_size),
+            "crop_size": list(self.crop_size) if self.crop_size else None,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "interpolation": "bicubic",
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Preprocess":
+        """Inverse of to_dict."""
+        return cls(
+            image_size=as_size(d["image_size"]),  # type: ignore[arg-type]
+            crop_size=as_size(d["crop_size"]),
+            mean=tuple(d["mean"]),  # type: ignore[arg-type]
+            std=tuple(d["std"]),  # type: ignore[arg-type]
+        )
+
+
+def resize(x: torch.Tensor, size: Size) -> torch.Tensor:
+    """Bicubic resize of a (B, C, H, W) tensor, antialiased when shrinking like PIL."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    shrinking = x.shape[-2] > size[0] or x.shape[-1] > size[1]
+    return F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=shrinking)
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files directly inside a folder, sorted by name."""
+    path = Path(folder)
+    if not path.exists():
+        raise PadimError(f"{path}: no such file or folder")
+    if not path.is_dir():
+        raise PadimError(f"{path}: not a folder")
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise PadimError(f"{path}: folder has no images ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def read_image(path: str | os.PathLike) -> torch.Tensor:
+    """Decode an image file into a (3, H, W) float32 tensor in [0, 1]."""
+    path = Path(path)
+    if not path.is_file():
+        raise PadimError(f"{path}: no such image file")
+    if path.stat().st_size == 0:
+        raise PadimError(f"{path}: empty file")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return pil_to_tensor(img, str(path))
+    except UnidentifiedImageError:
+        raise PadimError(f"{path}: not a readable image (unsupported format or corrupt)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        if isinstance(exc, PadimError):
+            raise
+        raise PadimError(f"{path}: corrupt or truncated image ({exc})") from None
+
+
+def pil_to_tensor(img: Image.Image, name: str) -> torch.Tensor:
+    """Convert any PIL mode (1, L, LA, P, RGB, RGBA, CMYK, I;16, I, F) to (3, H, W) float in [0, 1]."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16-bit (and PNG-16 read as 32-bit 'I'): PIL's convert("RGB") would clip at 255.
+        return array_to_tensor(np.asarray(img).astype(np.uint16, copy=False), name)
+    if img.mode == "F":
+        return array_to_tensor(np.asarray(img, dtype=np.float32), name)
+    if img.mode in ("P", "PA"):
+        img = img.convert("RGBA")
+    if img.mode not in ("RGB", "L"):
+        img = img.convert("RGB")  # drops alpha, converts CMYK/YCbCr/LA/1
+    return array_to_tensor(np.asarray(img), name)
+
+
+def array_to_tensor(array: np.ndarray, name: str) -> torch.Tensor:
+    """Convert an HxW or HxWxC (C in 1, 3, 4) numpy image to (3, H, W) float32 in [0, 1]."""
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise PadimError(
+            f"{name}: expected an HxW or HxWxC image with 1, 3 or 4 channels, got shape {tuple(array.shape)}"
+        )
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise PadimError(f"{name}: empty image (shape {tuple(array.shape)})")
+    rgb = _unit_range(array[:, :, :3], name)  # a 4th channel is alpha: it carries no appearance
+    if rgb.shape[2] == 1:
+        rgb = np.repeat(rgb, 3, axis=2)
+    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+
+
+def tensor_to_tensor(tensor: torch.Tensor, name: str) -> torch.Tensor:
+    """Convert an HxW or CxHxW (C in 1, 3, 4) torch image to (3, H, W) float32 in [0, 1]."""
+    t = tensor.detach().cpu()
+    if t.ndim == 2:
+        t = t[None]
+    if t.ndim != 3 or t.shape[0] not in (1, 3, 4):
+        raise PadimError(
+            f"{name}: expected an HxW or CxHxW tensor with 1, 3 or 4 channels, got shape {tuple(tensor.shape)}"
+        )
+    return array_to_tensor(t.permute(1, 2, 0).numpy(), name)
+
+
+def _unit_range(pixels: np.ndarray, name: str) -> np.ndarray:
+    """Scale 8-bit, 16-bit, bool or [0, 1]-float pixels to float32 in [0, 1]."""
+    if pixels.dtype == np.uint8:
+        return pixels.astype(np.float32) / np.float32(255.0)
+    if pixels.dtype == np.uint16:
+        return (pixels.astype(np.float64) / 65535.0).astype(np.float32)
+    if pixels.dtype.kind in "iu":
+        raise PadimError(f"{name}: integer pixels must be uint8 or uint16, got {pixels.dtype}")
+    if pixels.dtype == np.bool_:
+        return pixels.astype(np.float32)
+    if pixels.dtype.kind == "f":
+        out = pixels.astype(np.float32)
+        if not np.isfinite(out).all():
+            raise PadimError(f"{name}: image contains NaN or infinite values")
+        lo, hi = float(out.min()), float(out.max())
+        if lo < -1e-3 or hi > 1.0 + 1e-3:
+            raise PadimError(f"{name}: float pixels must lie in [0, 1], found [{lo:.4g}, {hi:.4g}]")
+        return np.clip(out, 0.0, 1.0)
+    raise PadimError(f"{name}: unsupported pixel type {pixels.dtype}")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One input image: a display name and where its pixels come from."""
+
+    name: str
+    source: Any  # a Path, or an in-memory image
+
+    def load(self) -> torch.Tensor:
+        """Decode to (3, H, W) float in [0, 1]."""
+        if isinstance(self.source, Path):
+            return read_image(self.source)
+        if isinstance(self.source, Image.Image):
+            return pil_to_tensor(self.source, self.name)
+        if isinstance(self.source, np.ndarray):
+            return array_to_tensor(self.source, self.name)
+        return tensor_to_tensor(self.source, self.name)
+
+
+def as_items(images: Any) -> list[Item]:
+    """Accept a folder, a file, a list of paths/PIL images/arrays/tensors, an NxHxWxC array or NxCxHxW tensor."""
+    if isinstance(images, (str, os.PathLike)):
+        path = Path(images)
+        files = list_images(path) if path.is_dir() else [path]
+        return [Item(str(p), p) for p in files]
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        return [Item(f"array[{i}]", a) for i, a in enumerate(images)]
+    if isinstance(images, torch.Tensor) and images.ndim == 4:
+        return [Item(f"tensor[{i}]", t) for i, t in enumerate(images)]
+    if isinstance(images, (Image.Image, np.ndarray, torch.Tensor)):
+        images = [images]
+    if not isinstance(images, Sequence) and not hasattr(images, "__iter__"):
+        raise PadimError(f"cannot read images from a {type(images).__name__}")
+    items = []
+    for i, obj in enumerate(images):
+        if isinstance(obj, (str, os.PathLike)):
+            items.append(Item(str(obj), Path(obj)))
+        elif isinstance(obj, (Image.Image, np.ndarray, torch.Tensor)):
+            items.append(Item(f"{type(obj).__name__}[{i}]", obj))
+        else:
+            raise PadimError(f"input {i}: cannot read an image from a {type(obj).__name__}")
+    if not items:
+        raise PadimError("no images given")
+    return items
+
+
+@dataclass
+class Batch:
+    """A batch of preprocessed images with their names and original sizes."""
+
+    pixels: torch.Tensor  # (B, 3, h, w), normalised
+    names: list[str]
+    original_sizes: list[Size]
+
+
+def _prepare(item: Item, preprocess: Preprocess) -> tuple[torch.Tensor, Size]:
+    """Load and preprocess one item."""
+    rgb = item.load()
+    return preprocess(rgb), (int(rgb.shape[1]), int(rgb.shape[2]))
+
+
+def iter_batches(
+    items: list[Item], preprocess: Preprocess, batch_size: int, workers: int = 2
+) -> Iterator[Batch]:
+    """Yield preprocessed batches; decoding of the next batch overlaps the caller's work on this one."""
+    if batch_size < 1:
+        raise PadimError(f"batch size must be >= 1, got {batch_size}")
+    chunks = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+
+        def submit(chunk: list[Item]) -> list:
+            return [pool.submit(_prepare, item, preprocess) for item in chunk]
+
+        pending = submit(chunks[0]) if chunks else []
+        for k, chunk in enumerate(chunks):
+            results = [f.result() for f in pending]
+            pending = submit(chunks[k + 1]) if k + 1 < len(chunks) else []
+            yield Batch(
+                pixels=torch.stack([r[0] for r in results]),
+                names=[it.name for it in chunk],
+                original_sizes=[r[1] for r in results],
+            )
+
+
+def n_batches(n_items: int, batch_size: int) -> int:
+    """Number of batches iter_batches yields."""
+    return math.ceil(n_items / batch_size)

@@ -1,0 +1,5 @@
+"""The one exception type the library raises for bad input, models or environments."""
+
+
+class PadimError(ValueError):
+    """A user-facing problem, stated in one line that names the file or object at fault."""

@@ -1,0 +1,378 @@
+"""The PaDiM estimator: scikit-learn-style glue around a pure torch network."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from padim import paper
+from padim.backbone import DEFAULT_BACKBONE, RANDOM, Backbone, build_backbone, spec_for
+from padim.data import Batch, Preprocess, as_items, as_size, iter_batches, n_batches
+from padim.embedding import embed, random_channels, split_by_tap
+from padim.errors import PadimError
+from padim.gaussian import GaussianStats, precision_cholesky
+from padim.modelfile import pack_lower, read_model, symmetric_from_lower, unpack_lower, write_model
+from padim.scoring import anomaly_maps, image_scores, mahalanobis
+
+
+class PadimNet(nn.Module):
+    """Pure torch PaDiM: normalised (B, 3, H, W) images -> anomaly maps (B, H, W) and image scores (B,)."""
+
+    def __init__(self, backbone: Backbone, channel_indices: torch.Tensor, sigma: float) -> None:
+        super().__init__()
+        self.extractor = backbone.extractor
+        self.sigma = float(sigma)
+        self.kept = split_by_tap(channel_indices, backbone.channels)
+        self.register_buffer("mean", torch.empty(0, dtype=torch.float64))
+        self.register_buffer("prec_chol", torch.empty(0))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch embeddings (B, d, h, w) of a normalised batch."""
+        return embed(self.extractor(x), self.kept)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Anomaly maps at the input's size and image scores."""
+        maps = anomaly_maps(self.patch_distances(self.embed(x)), tuple(x.shape[-2:]), self.sigma)
+        return maps, image_scores(maps)
+
+    def patch_distances(self, embedding: torch.Tensor) -> torch.Tensor:
+        """Mahalanobis distance of every patch to its position's Gaussian."""
+        return mahalanobis(embedding, self.mean, self.prec_chol)
+
+
+@dataclass
+class Prediction:
+    """Image scores and anomaly maps, in input order."""
+
+    names: list[str]
+    scores: np.ndarray  # (N,) float32
+    maps: Any  # (N, H, W) float32 array, or a list of per-image arrays at original sizes
+
+
+class PaDiM:
+    """PaDiM anomaly detector (Defard et al., 2020).
+
+    Parameters follow the paper by default: efficientnet_lite0 (real ImageNet weights that install
+    offline) tapped at strides 4, 8, 16; resize 256 (bicubic), center crop 224; eps = 0.01; sigma = 4.
+    `n_features=None` uses the backbone's Rd default (100 for resnet18, 550 for wide_resnet50_2, every
+    channel otherwise); "all" keeps every channel. `weights`: None finds ImageNet weights offline,
+    a path reads a .pth/.safetensors file, "random" gives seeded random weights (tests only).
+    """
+
+    def __init__(
+        self,
+        backbone: str = DEFAULT_BACKBONE,
+        layers: tuple[str, ...] | list[str] | None = None,
+        n_features: int | str | None = None,
+        eps: float = paper.EPSILON,
+        image_size: int | tuple[int, int] = paper.MVTEC_RESIZE,
+        crop_size: int | tuple[int, int] | None = paper.MVTEC_CROP,
+        seed: int = 0,
+        device: str = "cpu",
+        batch_size: int = 32,
+        weights: str | os.PathLike | None = None,
+        sigma: float = paper.GAUSSIAN_SIGMA,
+        workers: int = 2,
+        verbose: bool = False,
+    ) -> None:
+        self.backbone = backbone
+        self.layers = layers
+        self.n_features = n_features
+        self.eps = eps
+        self.image_size = image_size
+        self.crop_size = crop_size
+        self.seed = seed
+        self.device = device
+        self.batch_size = batch_size
+        self.weights = weights
+        self.sigma = sigma
+        self.workers = workers
+        self.verbose = verbose
+
+    # ----------------------------------------------------------------------------- set-up
+    @property
+    def preprocess_(self) -> Preprocess:
+        """The preprocessing these parameters define."""
+        return Preprocess(as_size(self.image_size), as_size(self.crop_size))  # type: ignore[arg-type]
+
+    def _check_params(self) -> None:
+        """Reject parameter values that cannot work, before any image is read."""
+        if not (isinstance(self.eps, (int, float)) and self.eps > 0):
+            raise PadimError(f"eps must be a positive number, got {self.eps!r}")
+        if self.sigma < 0:
+            raise PadimError(f"sigma must be >= 0, got {self.sigma!r}")
+        self.preprocess_  # noqa: B018 - validates sizes
+
+    def _init_network(self) -> None:
+        """Build the backbone and draw the Rd channels (once, before the first batch)."""
+        self._check_params()
+        backbone = build_backbone(self.backbone, self.layers, self.weights, self.seed)
+        n_total = sum(backbone.channels)
+        n_features = self.n_features
+        if n_features is None:
+            n_features = spec_for(self.backbone).n_features
+        elif n_features == "all":
+            n_features = None
+        self.backbone_ = backbone
+        self.channel_indices_ = random_channels(n_total, n_features, self.seed)  # type: ignore[arg-type]
+        self.net_ = PadimNet(backbone, self.channel_indices_, self.sigma).to(self.device)
+        self.stats_: GaussianStats | None = None
+        self.n_samples_seen_ = 0
+
+    def _is_fitted(self) -> bool:
+        return getattr(self, "n_samples_seen_", 0) > 0
+
+    def _require_fitted(self) -> None:
+        if not self._is_fitted():
+            raise PadimError("this PaDiM model is not fitted yet: call fit() first")
+
+    # ----------------------------------------------------------------------------- fitting
+    def fit(self, images: Any) -> "PaDiM":
+        """Fit the per-position Gaussians on images of good parts (replaces any previous fit)."""
+        self._init_network()
+        return self.partial_fit(images)
+
+    def partial_fit(self, images: Any) -> "PaDiM":
+        """Add more good images to the statistics; same result as fitting on everything at once."""
+        items = as_items(images)
+        if not hasattr(self, "net_"):
+            self._init_network()
+        if self._is_fitted() and self.stats_ is None:
+            raise PadimError("this model was saved without statistics: it can predict but not be refitted "
+                             "(save with statistics=True / --resumable to continue fitting later)")
+        for batch, emb in self._embeddings(items, "fit"):
+            self._check_finite(emb, batch)
+            x = emb.flatten(2).permute(2, 0, 1)  # (P, B, d)
+            if self.stats_ is None:
+                self.stats_ = GaussianStats.empty(x.shape[0], x.shape[2], emb.device)
+                self.feature_shape_ = (int(emb.shape[2]), int(emb.shape[3]))
+            self.stats_.update(x)
+        self._finish_fit()
+        return self
+
+    def merge(self, other: "PaDiM") -> "PaDiM":
+        """Add another model's statistics (fitted separately on other images) to this one."""
+        self._require_fitted()
+        other._require_fitted()
+        if self.stats_ is None or other.stats_ is None:
+            raise PadimError("both models need their statistics to merge (save with statistics=True)")
+        mine, theirs = self._identity(), other._identity()
+        for key in mine:
+            if mine[key] != theirs[key]:
+                raise PadimError(f"cannot merge models with different {key}: {mine[key]!r} vs {theirs[key]!r}")
+        if not torch.equal(self.channel_indices_, other.channel_indices_):
+            raise PadimError("cannot merge models with different Rd channel selections (different seeds?)")
+        self.stats_.merge(other.stats_)
+        self._finish_fit()
+        return self
+
+    def _identity(self) -> dict[str, Any]:
+        """What two models must share to be merged."""
+        return {
+            "backbone": self.backbone_.name,
+            "layers": self.backbone_.layers,
+            "weights": self.backbone_.source.sha256,
+            "preprocessing": self.preprocess_.to_dict(),
+            "feature grid": self.feature_shape_,
+            "eps": float(self.eps),
+        }
+
+    def _finish_fit(self) -> None:
+        """Derive the scoring state (mean, inverse Cholesky factor) from the statistics, once."""
+        assert self.stats_ is not None
+        self.n_samples_seen_ = self.stats_.n
+        self.mean_ = self.stats_.mean.clone()
+        self.precision_cholesky_ = precision_cholesky(self.stats_, float(self.eps))
+        self.net_.mean = self.mean_
+        self.net_.prec_chol = self.precision_cholesky_
+
+    @property
+    def covariance_(self) -> torch.Tensor:
+        """Regularised covariances (P, d, d), float64; needs the statistics."""
+        self._require_fitted()
+        if self.stats_ is None:
+            raise PadimError("this model was saved without statistics: no covariance available")
+        return self.stats_.covariance(float(self.eps))
+
+    # ----------------------------------------------------------------------------- prediction
+    def _embeddings(self, items: list, what: str) -> Iterator[tuple[Batch, torch.Tensor]]:
+        """Embeddings of every batch, with a progress bar when verbose."""
+        from tqdm.auto import tqdm
+
+        batches = iter_batches(items, self.preprocess_, self.batch_size, self.workers)
+        bar = tqdm(batches, total=n_batches(len(items), self.batch_size), desc=what, unit="batch",
+                   disable=not self.verbose, leave=False)
+        with torch.inference_mode():
+            for batch in bar:
+                yield batch, self.net_.embed(batch.pixels.to(self.device))
+
+    @staticmethod
+    def _check_finite(emb: torch.Tensor, batch: Batch) -> None:
+        """Refuse NaN/inf features, naming the images that produced them."""
+        bad = ~torch.isfinite(emb.flatten(1)).all(dim=1)
+        if bool(bad.any()):
+            names = [n for n, b in zip(batch.names, bad.tolist()) if b]
+            raise PadimError(f"{names[0]}: backbone produced NaN/inf features ({len(names)} image(s) in batch)")
+
+    def predict_batches(self, images: Any) -> Iterator[tuple[Batch, torch.Tensor, torch.Tensor]]:
+        """Yield (batch, maps (B, H, W), scores (B,)) batch by batch, for streaming large folders."""
+        self._require_fitted()
+        items = as_items(images)
+        size = self.preprocess_.output_size
+        for batch, emb in self._embeddings(items, "predict"):
+            self._check_finite(emb, batch)
+            if tuple(emb.shape[2:]) != tuple(self.feature_shape_):
+                raise PadimError(f"{batch.names[0]}: feature grid {tuple(emb.shape[2:])} does not match "
+                                 f"the model's {tuple(self.feature_shape_)}")
+            with torch.inference_mode():
+                maps = anomaly_maps(self.net_.patch_distances(emb), size, float(self.sigma))
+                yield batch, maps, image_scores(maps)
+
+    def predict(self, images: Any, original_size: bool = False) -> Prediction:
+        """Image scores and anomaly maps: on the preprocessed grid, or at each original image's size."""
+        names, scores, maps = [], [], []
+        for batch, batch_maps, batch_scores in self.predict_batches(images):
+            names += batch.names
+            scores.append(batch_scores.cpu().numpy())
+            if original_size:
+                maps += [self.preprocess_.to_original(m[None].cpu(), s)[0].numpy()
+                         for m, s in zip(batch_maps, batch.original_sizes)]
+            else:
+                maps.append(batch_maps.cpu().numpy())
+        return Prediction(names, np.concatenate(scores), maps if original_size else np.concatenate(maps))
+
+    def score_samples(self, images: Any) -> np.ndarray:
+        """Image anomaly scores only (higher is more anomalous)."""
+        return self.predict(images).scores
+
+    # ----------------------------------------------------------------------------- persistence
+    def metadata(self) -> dict[str, Any]:
+        """What the model holds, JSON-ready (written into model files, shown by `padim info`)."""
+        from padim import __version__
+
+        self._require_fitted()
+        return {
+            "library_version": __version__,
+            "created": getattr(self, "created_", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")),
+            "backbone": {
+                "name": self.backbone_.name,
+                "layers": list(self.backbone_.layers),
+                "channels": list(self.backbone_.channels),
+                "strides": list(self.backbone_.strides),
+                "weights": self.backbone_.source.to_dict(),
+            },
+            "n_features": int(self.channel_indices_.numel()),
+            "n_features_total": int(sum(self.backbone_.channels)),
+            "seed": int(self.seed),
+            "eps": float(self.eps),
+            "sigma": float(self.sigma),
+            "preprocessing": self.preprocess_.to_dict(),
+            "feature_shape": list(self.feature_shape_),
+            "n_samples_seen": int(self.n_samples_seen_),
+        }
+
+    def save(self, path: str | os.PathLike, statistics: bool = False) -> None:
+        """Write the model atomically; statistics=True also stores what partial_fit/merge need."""
+        meta = self.metadata()
+        tensors = {
+            "mean": self.mean_,
+            "precision_cholesky": pack_lower(self.precision_cholesky_),
+            "channel_indices": self.channel_indices_,
+        }
+        meta["statistics"] = bool(statistics)
+        if statistics:
+            if self.stats_ is None:
+                raise PadimError("this model has no statistics to save (it was loaded without them)")
+            tensors["scatter"] = pack_lower(self.stats_.scatter)
+        write_model(path, tensors, meta)
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike, weights: str | os.PathLike | None = None, device: str = "cpu", **params: Any
+    ) -> "PaDiM":
+        """Read a model file, rebuild its backbone and check the weights are the ones it was fitted with."""
+        tensors, meta = read_model(path)
+        try:
+            return cls._from_file(path, tensors, meta, weights, device, params)
+        except (KeyError, TypeError, IndexError) as exc:
+            raise PadimError(f"{path}: model metadata incomplete or malformed ({type(exc).__name__}: {exc})") from None
+
+    @classmethod
+    def _from_file(cls, path: Any, tensors: dict, meta: dict, weights: Any, device: str, params: dict) -> "PaDiM":
+        """Build a fitted model from checked file contents."""
+        bb, pre = meta["backbone"], meta["preprocessing"]
+        source = bb["weights"]
+        if weights is None:
+            weights = RANDOM if source["kind"] == RANDOM else (source["path"] if source["kind"] == "file" else None)
+        model = cls(
+            backbone=bb["name"], layers=tuple(bb["layers"]), n_features=meta["n_features"], eps=meta["eps"],
+            image_size=tuple(pre["image_size"]), crop_size=tuple(pre["crop_size"]) if pre["crop_size"] else None,
+            seed=meta["seed"] if source["kind"] != RANDOM else source["seed"], device=device, weights=weights,
+            sigma=meta["sigma"], **params,
+        )
+        model._check_params()
+        if Preprocess.from_dict(pre) != model.preprocess_:
+            raise PadimError(f"{path}: preprocessing in the file is not one this version can reproduce")
+        backbone = build_backbone(model.backbone, model.layers, weights, source.get("seed") or 0)
+        if backbone.source.sha256 != source["sha256"]:
+            raise PadimError(
+                f"{path}: backbone weights differ from those the model was fitted with "
+                f"(sha256 {backbone.source.sha256[:12]}... at {backbone.source.path}, expected {source['sha256'][:12]}...): "
+                f"pass the original weights with weights=PATH (CLI: --weights PATH)"
+            )
+        if list(backbone.channels) != list(bb["channels"]):
+            raise PadimError(f"{path}: backbone taps give {backbone.channels} channels, the file says {bb['channels']}")
+        model._set_fitted_state(path, backbone, tensors, meta)
+        return model
+
+    def _set_fitted_state(self, path: Any, backbone: Backbone, tensors: dict, meta: dict) -> None:
+        """Install checked tensors as the fitted state."""
+        h, w = meta["feature_shape"]
+        d, n_pos = int(meta["n_features"]), int(h) * int(w)
+        expected = {
+            "mean": ((n_pos, d), torch.float64),
+            "precision_cholesky": ((n_pos, d * (d + 1) // 2), torch.float32),
+            "channel_indices": ((d,), torch.int64),
+        }
+        if meta.get("statistics"):
+            expected["scatter"] = ((n_pos, d * (d + 1) // 2), torch.float64)
+        for name, (shape, dtype) in expected.items():
+            t = tensors.get(name)
+            if t is None or tuple(t.shape) != shape or t.dtype != dtype:
+                got = "missing" if t is None else f"{tuple(t.shape)} {t.dtype}"
+                raise PadimError(f"{path}: tensor {name!r} is {got}, metadata implies {shape} {dtype}")
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise PadimError(f"{path}: tensor {name!r} contains NaN or inf")
+        idx = tensors["channel_indices"]
+        if d and (int(idx.min()) < 0 or int(idx.max()) >= sum(backbone.channels)):
+            raise PadimError(f"{path}: channel indices out of range for this backbone")
+        n = int(meta["n_samples_seen"])
+        if n < 1:
+            raise PadimError(f"{path}: model was fitted on {n} images")
+        self.backbone_ = backbone
+        self.channel_indices_ = idx
+        self.net_ = PadimNet(backbone, idx, self.sigma).to(self.device)
+        self.feature_shape_ = (int(h), int(w))
+        self.created_ = meta.get("created")
+        mean = tensors["mean"].to(self.device)
+        self.stats_ = None
+        if meta.get("statistics"):
+            scatter = symmetric_from_lower(tensors["scatter"], d).to(self.device)
+            self.stats_ = GaussianStats(n, mean.clone(), scatter)
+        self.n_samples_seen_ = n
+        self.mean_ = mean
+        self.precision_cholesky_ = unpack_lower(tensors["precision_cholesky"], d).to(self.device)
+        self.net_.mean = self.mean_
+        self.net_.prec_chol = self.precision_cholesky_
+
+    def __repr__(self) -> str:
+        fitted = f", fitted on {self.n_samples_seen_} images" if self._is_fitted() else ""
+        return f"PaDiM(backbone={self.backbone!r}, n_features={self.n_features!r}{fitted})"
+

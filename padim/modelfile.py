@@ -1,0 +1,103 @@
+"""Model files: safetensors tensors + JSON metadata with a format version; atomic writes, no pickle."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from padim.errors import PadimError
+
+FORMAT = "torch-padim"
+FORMAT_VERSION = 1
+_META_KEY = "padim"
+
+
+def atomic_write(path: str | os.PathLike, write: Any) -> None:
+    """Call write(tmp_path) on a temporary file beside path, then rename it over path.
+
+    A crash or error leaves the previous file, if any, untouched.
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise PadimError(f"{path}: cannot write, folder {folder} does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise PadimError(f"{path}: cannot write ({exc.strerror})") from None
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise PadimError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_model(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Write tensors and metadata (format and version added) atomically."""
+    from safetensors.torch import save_file
+
+    header = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta}
+    payload = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(payload, tmp, metadata={_META_KEY: json.dumps(header)}))
+
+
+def read_model(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read and check a model file: safetensors, our format marker, a version we understand."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise PadimError(f"{path}: model file not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get(_META_KEY)
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a bad file
+        raise PadimError(f"{path}: not a torch-padim model file (unreadable safetensors: {exc})") from None
+    if raw is None:
+        raise PadimError(f"{path}: not a torch-padim model file (no padim metadata)")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError:
+        raise PadimError(f"{path}: corrupt model metadata") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise PadimError(f"{path}: not a torch-padim model file (format {meta.get('format')!r})")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise PadimError(
+            f"{path}: model format version {version!r} is not supported by this torch-padim "
+            f"(reads version {FORMAT_VERSION}); use the torch-padim version that wrote it "
+            f"({meta.get('library_version', 'unknown')})"
+        )
+    return tensors, meta
+
+
+def pack_lower(matrices: torch.Tensor) -> torch.Tensor:
+    """The lower triangles of (P, d, d) matrices as (P, d(d+1)/2)."""
+    rows, cols = torch.tril_indices(matrices.shape[-1], matrices.shape[-1], device=matrices.device)
+    return matrices[:, rows, cols]
+
+
+def unpack_lower(packed: torch.Tensor, dim: int) -> torch.Tensor:
+    """Inverse of pack_lower: zeros above the diagonal."""
+    rows, cols = torch.tril_indices(dim, dim, device=packed.device)
+    out = packed.new_zeros(packed.shape[0], dim, dim)
+    out[:, rows, cols] = packed
+    return out
+
+
+def symmetric_from_lower(packed: torch.Tensor, dim: int) -> torch.Tensor:
+    """Rebuild symmetric (P, d, d) matrices from their packed lower triangles."""
+    lower = unpack_lower(packed, dim)
+    return lower + lower.tril(-1).transpose(1, 2)
