@@ -4,43 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from padim.atomic import atomic_write
 from padim.errors import PadimError
 
 FORMAT = "torch-padim"
 FORMAT_VERSION = 1
 _META_KEY = "padim"
-
-
-def atomic_write(path: str | os.PathLike, write: Any) -> None:
-    """Call write(tmp_path) on a temporary file beside path, then rename it over path.
-
-    A crash or error leaves the previous file, if any, untouched.
-    """
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise PadimError(f"{path}: cannot write, folder {folder} does not exist")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    except OSError as exc:
-        raise PadimError(f"{path}: cannot write ({exc.strerror})") from None
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise PadimError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def write_model(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
+from padim.atomic import atomic_write
 from padim.errors import PadimError
 
 MASK_COLOUR = (0, 255, 0)
@@ -91,14 +90,7 @@ def save_png(path: str | Path, rgb: np.ndarray) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     picture = Image.fromarray(as_rgb(rgb))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            picture.save(handle, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
 
 
 def side_by_side(*panels: np.ndarray, gap: int = 4) -> np.ndarray:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from padim.errors import PadimError
 from PIL import Image
 
 from padim.overlay import contour, heatmap_overlay, save_png, side_by_side
@@ -131,8 +133,8 @@ def test_save_png_interrupted_write_keeps_old_file(tmp_path: Path, monkeypatch: 
     def fail(*args: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr("padim.overlay.os.replace", fail)
-    with pytest.raises(OSError, match="disk full"):
+    monkeypatch.setattr("padim.atomic.os.replace", fail)
+    with pytest.raises(PadimError, match="disk full"):
         save_png(target, np.zeros((40, 50, 3), dtype=np.uint8))
     assert np.array_equal(np.asarray(Image.open(target)), gray_image())
     assert [p.name for p in tmp_path.iterdir()] == ["overlay.png"]
