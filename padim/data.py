@@ -62,14 +62,25 @@ class Preprocess:
         ch, cw = self.output_size
         return int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0)), ch, cw
 
-    def __call__(self, rgb: torch.Tensor) -> torch.Tensor:
-        """Turn a (3, H, W) float image in [0, 1] into the normalised backbone input."""
+    def resized(self, rgb: torch.Tensor) -> torch.Tensor:
+        """Resize and crop a (3, H, W) float image in [0, 1], without normalising (for display)."""
         x = resize(rgb[None], self.image_size).clamp_(0.0, 1.0)[0]
         top, left, ch, cw = self.crop_box()
-        x = x[:, top : top + ch, left : left + cw]
+        return x[:, top : top + ch, left : left + cw]
+
+    def __call__(self, rgb: torch.Tensor) -> torch.Tensor:
+        """Turn a (3, H, W) float image in [0, 1] into the normalised backbone input."""
+        x = self.resized(rgb)
         mean = torch.tensor(self.mean, dtype=x.dtype).view(3, 1, 1)
         std = torch.tensor(self.std, dtype=x.dtype).view(3, 1, 1)
         return (x - mean) / std
+
+    def mask(self, mask: np.ndarray) -> np.ndarray:
+        """Apply the image's resize (nearest neighbour, stays binary) and crop to an HxW mask."""
+        t = torch.from_numpy(np.asarray(mask) > 0).to(torch.uint8)[None, None]
+        t = F.interpolate(t, size=self.image_size, mode="nearest-exact")[0, 0]
+        top, left, ch, cw = self.crop_box()
+        return t[top : top + ch, left : left + cw].numpy().astype(bool)
 
     def to_original(self, maps: torch.Tensor, original_size: Size) -> torch.Tensor:
         """Map (B, h, w) maps on the preprocessed grid back onto an original image's grid.

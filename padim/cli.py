@@ -1,0 +1,236 @@
+"""The `padim` command: a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from padim.errors import PadimError
+
+EXIT_BAD_INPUT = 2
+
+
+def _size(text: str) -> int | tuple[int, int] | None:
+    """Parse '224', '256x320' (height x width) or 'none'."""
+    if text.lower() == "none":
+        return None
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or HxW, got {text!r}") from None
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2:
+        return parts[0], parts[1]
+    raise argparse.ArgumentTypeError(f"expected N or HxW, got {text!r}")
+
+
+def _n_features(text: str) -> int | str:
+    """Parse an int or 'all'."""
+    return "all" if text == "all" else int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every sub-command."""
+    from padim import __version__
+    from padim.backbone import BACKBONES, DEFAULT_BACKBONE
+
+    parser = argparse.ArgumentParser(prog="padim", description="PaDiM anomaly detection and localization.")
+    parser.add_argument("--version", action="version", version=f"torch-padim {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    common.add_argument("--batch-size", type=int, default=32)
+    common.add_argument("--weights", help="backbone weights file (.pth/.safetensors), or 'random' (tests only)")
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+    fit = sub.add_parser("fit", parents=[common], help="fit a model on a folder of good images")
+    fit.add_argument("train_dir", help="folder of images of good parts")
+    fit.add_argument("-o", "--output", required=True, help="model file to write (.safetensors)")
+    fit.add_argument("--backbone", default=DEFAULT_BACKBONE,
+                     help=f"{', '.join(BACKBONES)} or any timm model with --layers (default: {DEFAULT_BACKBONE})")
+    fit.add_argument("--layers", type=lambda s: tuple(s.split(",")), help="comma-separated module names to tap")
+    fit.add_argument("--n-features", type=_n_features, help="Rd: number of random channels kept, or 'all'")
+    fit.add_argument("--image-size", type=_size, default=256, help="resize to N or HxW (default: 256)")
+    fit.add_argument("--crop-size", type=_size, default=224, help="center crop N or HxW, or 'none' (default: 224)")
+    fit.add_argument("--eps", type=float, default=0.01, help="covariance regulariser (default: 0.01)")
+    fit.add_argument("--seed", type=int, default=0, help="seed of the Rd channel draw")
+    fit.add_argument("--resumable", action="store_true",
+                     help="also store the statistics, so the model can be updated or merged later")
+
+    predict = sub.add_parser("predict", parents=[common], help="score images and write heat maps")
+    predict.add_argument("model", help="model file")
+    predict.add_argument("inputs", nargs="+", help="image files or folders")
+    predict.add_argument("-o", "--output", required=True, help="output folder")
+    predict.add_argument("--no-overlays", action="store_true", help="write scores only")
+
+    info = sub.add_parser("info", help="show what a model file holds")
+    info.add_argument("model")
+    info.add_argument("--json", action="store_true", help="print the raw metadata")
+
+    demo = sub.add_parser("demo", help="offline demo on real textures with synthetic defects")
+    demo.add_argument("-o", "--output", default="padim-demo", help="output folder (default: padim-demo)")
+    demo.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def cmd_fit(args: argparse.Namespace) -> None:
+    """padim fit."""
+    from padim.model import PaDiM
+
+    out = Path(args.output)
+    if not out.parent.is_dir():
+        raise PadimError(f"{out}: output folder {out.parent} does not exist")
+    t0 = time.perf_counter()
+    model = PaDiM(backbone=args.backbone, layers=args.layers, n_features=args.n_features, eps=args.eps,
+                  image_size=args.image_size, crop_size=args.crop_size, seed=args.seed, device=args.device,
+                  batch_size=args.batch_size, weights=args.weights, verbose=not args.quiet)
+    model.fit(args.train_dir)
+    model.save(out, statistics=args.resumable)
+    print(f"fitted {model.backbone_.name} ({model.channel_indices_.numel()} features, "
+          f"{model.feature_shape_[0]}x{model.feature_shape_[1]} positions) on {model.n_samples_seen_} images "
+          f"in {time.perf_counter() - t0:.1f} s -> {out} ({out.stat().st_size / 1e6:.1f} MB)")
+
+
+def _expand_inputs(inputs: list[str]) -> list[Path]:
+    """Folders become their images; files stay."""
+    from padim.data import list_images
+
+    paths: list[Path] = []
+    for text in inputs:
+        path = Path(text)
+        if path.is_dir():
+            paths += list_images(path)
+        elif path.exists():
+            paths.append(path)
+        else:
+            raise PadimError(f"{path}: no such file or folder")
+    return paths
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write a text file atomically."""
+    from padim.atomic import atomic_write
+
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    """padim predict."""
+    import numpy as np
+
+    from padim.data import read_image
+    from padim.model import PaDiM
+    from padim.overlay import heatmap_overlay, save_png, side_by_side
+
+    model = PaDiM.load(args.model, weights=args.weights, device=args.device,
+                       batch_size=args.batch_size, verbose=not args.quiet)
+    paths = _expand_inputs(args.inputs)
+    out = Path(args.output)
+    try:
+        (out / "overlays").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PadimError(f"{out}: cannot create output folder ({exc.strerror})") from None
+    rows: list[dict[str, Any]] = []
+    overlays = []
+    for batch, maps, scores in model.predict_batches(paths):
+        for name, amap, score, size in zip(batch.names, maps, scores.tolist(), batch.original_sizes):
+            rows.append({"image": name, "score": score})
+            if not args.no_overlays:
+                overlays.append((name, model.preprocess_.to_original(amap[None].cpu(), size)[0].numpy()))
+    if overlays:
+        vmin = min(float(m.min()) for _, m in overlays)
+        vmax = max(float(m.max()) for _, m in overlays)
+        for i, (name, amap) in enumerate(overlays):
+            rgb = (read_image(name).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            panel = side_by_side(rgb, heatmap_overlay(rgb, amap, vmin=vmin, vmax=vmax))
+            save_png(out / "overlays" / f"{i:04d}_{Path(name).stem}.png", panel)
+            rows[i]["overlay"] = f"overlays/{i:04d}_{Path(name).stem}.png"
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["image", "score"] + (["overlay"] if overlays else []))
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_text(out / "scores.csv", buf.getvalue())
+    _write_text(out / "scores.json", json.dumps({"model": str(args.model), "images": rows}, indent=2))
+    print(f"scored {len(rows)} images -> {out}/scores.csv, scores.json"
+          + (f", {len(overlays)} overlays" if overlays else ""))
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    """padim info: metadata only, the backbone is not loaded."""
+    from padim.modelfile import read_model
+
+    tensors, meta = read_model(args.model)
+    if args.json:
+        print(json.dumps(meta, indent=2))
+        return
+    bb, pre = meta.get("backbone", {}), meta.get("preprocessing", {})
+    weights = bb.get("weights", {})
+    crop = pre.get("crop_size")
+    lines = [
+        f"model file      {args.model} ({os.path.getsize(args.model) / 1e6:.1f} MB, format v{meta['format_version']}, "
+        f"torch-padim {meta.get('library_version')})",
+        f"backbone        {bb.get('name')} taps {','.join(bb.get('layers', []))} "
+        f"(channels {bb.get('channels')}, strides {bb.get('strides')})",
+        f"weights         {weights.get('kind')} {weights.get('path') or ''} sha256 {str(weights.get('sha256'))[:16]}..."
+        + ("  [RANDOM WEIGHTS: not for real use]" if weights.get("kind") == "random" else ""),
+        f"features        {meta.get('n_features')} of {meta.get('n_features_total')} (seed {meta.get('seed')})",
+        f"positions       {'x'.join(map(str, meta.get('feature_shape', [])))}",
+        f"preprocessing   resize {'x'.join(map(str, pre.get('image_size', [])))} bicubic, "
+        + (f"center crop {'x'.join(map(str, crop))}" if crop else "no crop"),
+        f"eps, sigma      {meta.get('eps')}, {meta.get('sigma')}",
+        f"training images {meta.get('n_samples_seen')}",
+        f"statistics      {'stored (resumable)' if meta.get('statistics') else 'not stored'}",
+        f"created         {meta.get('created')}",
+    ]
+    print("\n".join(lines))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    """padim demo."""
+    from padim.demo import HEADER, format_row, run_demo
+
+    t0 = time.perf_counter()
+    print("padim demo: efficientnet_lite0 with real ImageNet weights (offline), 3 texture photos from "
+          "scikit-image with synthetic scratches, stains, holes and foreign patches")
+    print(HEADER)
+    results = []
+    for result in run_demo(args.output, progress=not args.quiet):
+        results.append(result)
+        print(format_row(result), flush=True)
+    mean_img = sum(r.image_auroc for r in results) / len(results)
+    mean_pix = sum(r.pixel_auroc for r in results) / len(results)
+    print(f"{'mean':<8} {'':>5} {'':>4} {'':>6} {mean_img:>11.3f} {mean_pix:>11.3f}")
+    print(f"overlays in {args.output}/overlays/, figures in {args.output}/results.json "
+          f"({time.perf_counter() - t0:.0f} s)")
+
+
+COMMANDS = {"fit": cmd_fit, "predict": cmd_predict, "info": cmd_info, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: one-line errors and exit code 2 for bad input, no traceback."""
+    args = build_parser().parse_args(argv)
+    if getattr(args, "quiet", False):
+        os.environ.setdefault("TQDM_DISABLE", "1")
+    try:
+        COMMANDS[args.command](args)
+    except PadimError as exc:
+        print(f"padim: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("padim: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
