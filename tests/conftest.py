@@ -1,0 +1,23 @@
+"""Shared fixtures: a tiny random-weight backbone configuration and a miniature real-texture set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from padim.synthetic import make_inspection_set
+
+torch.set_num_threads(2)  # the LU pitfall this project avoids shows with more than one thread
+
+# A small, fast configuration: random (explicitly requested) ResNet18 weights, 64x64 inputs, 32 features.
+TINY = dict(backbone="resnet18", weights="random", image_size=64, crop_size=None, n_features=32,
+            batch_size=8, seed=0, workers=1)
+
+
+@pytest.fixture(scope="session")
+def texture_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A miniature MVTec-like category built from scikit-image's real brick photo."""
+    root = tmp_path_factory.mktemp("textures")
+    return make_inspection_set(root, "brick", n_train=12, n_test_good=4, n_test_defect=8, size=96, seed=1)
