@@ -125,7 +125,7 @@ def state_sha256(state: dict[str, torch.Tensor]) -> str:
     h = hashlib.sha256()
     for name, tensor in state.items():
         h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 

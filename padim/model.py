@@ -209,7 +209,7 @@ class PaDiM:
         batches = iter_batches(items, self.preprocess_, self.batch_size, self.workers)
         bar = tqdm(batches, total=n_batches(len(items), self.batch_size), desc=what, unit="batch",
                    disable=not self.verbose, leave=False)
-        with torch.inference_mode():
+        with torch.no_grad():
             for batch in bar:
                 yield batch, self.net_.embed(batch.pixels.to(self.device))
 
@@ -231,7 +231,7 @@ class PaDiM:
             if tuple(emb.shape[2:]) != tuple(self.feature_shape_):
                 raise PadimError(f"{batch.names[0]}: feature grid {tuple(emb.shape[2:])} does not match "
                                  f"the model's {tuple(self.feature_shape_)}")
-            with torch.inference_mode():
+            with torch.no_grad():
                 maps = anomaly_maps(self.net_.patch_distances(emb), size, float(self.sigma))
                 yield batch, maps, image_scores(maps)
 

@@ -1,0 +1,129 @@
+"""The estimator: fit / partial_fit / merge equivalence, inputs, sizes and misuse."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from padim import PaDiM, PadimError
+from padim.synthetic import load_split
+
+from conftest import TINY
+
+
+@pytest.fixture(scope="module")
+def split(texture_set):
+    return load_split(texture_set)
+
+
+@pytest.fixture(scope="module")
+def fitted(split) -> PaDiM:
+    return PaDiM(**TINY).fit(split[0])
+
+
+def assert_same_statistics(a: PaDiM, b: PaDiM) -> None:
+    assert a.n_samples_seen_ == b.n_samples_seen_
+    assert torch.allclose(a.mean_, b.mean_, rtol=0, atol=1e-9)
+    assert torch.allclose(a.stats_.scatter, b.stats_.scatter, rtol=1e-9, atol=1e-9)
+    assert torch.allclose(a.covariance_, b.covariance_, rtol=1e-9, atol=1e-9)
+
+
+def test_partial_fit_equals_fit_on_everything(split, fitted) -> None:
+    train = split[0]
+    model = PaDiM(**TINY).fit(train[:5]).partial_fit(train[5:])
+    assert_same_statistics(model, fitted)
+
+
+def test_merge_in_either_order_equals_fit_on_everything(split, fitted) -> None:
+    train = split[0]
+    a, b = PaDiM(**TINY).fit(train[:7]), PaDiM(**TINY).fit(train[7:])
+    assert_same_statistics(PaDiM(**TINY).fit(train[:7]).merge(b), fitted)
+    assert_same_statistics(b.merge(a), fitted)
+
+
+def test_image_order_does_not_change_the_model(split, fitted) -> None:
+    shuffled = list(reversed(split[0]))
+    assert_same_statistics(PaDiM(**TINY).fit(shuffled), fitted)
+
+
+def test_merge_refuses_a_model_with_other_rd_channels(split, fitted) -> None:
+    other = PaDiM(**{**TINY, "seed": 1}).fit(split[0][:3])
+    with pytest.raises(PadimError, match="cannot merge"):
+        PaDiM(**TINY).fit(split[0][:3]).merge(other)
+
+
+def test_every_input_kind_gives_the_same_scores(split, fitted, texture_set) -> None:
+    paths = split[1][:4]
+    arrays = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    by_path = fitted.predict(paths).scores
+    assert np.array_equal(fitted.predict([Image.open(p) for p in paths]).scores, by_path)
+    assert np.array_equal(fitted.predict(arrays).scores, by_path)
+    assert np.array_equal(fitted.predict(np.stack(arrays)).scores, by_path)
+    tensors = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+    assert np.array_equal(fitted.predict(tensors).scores, by_path)
+    assert np.allclose(fitted.predict(tensors.float() / 255).scores, by_path, rtol=1e-6)
+    folder_scores = fitted.predict(texture_set / "test" / "good").scores
+    assert np.array_equal(folder_scores, fitted.predict(sorted((texture_set / "test" / "good").glob("*.png"))).scores)
+
+
+def test_maps_at_original_size(fitted) -> None:
+    images = [np.full((50, 80, 3), 120, np.uint8), np.full((64, 64), 30, np.uint8)]
+    pred = fitted.predict(images, original_size=True)
+    assert [m.shape for m in pred.maps] == [(50, 80), (64, 64)]
+    assert np.allclose(pred.maps[1], fitted.predict(images[1:]).maps[0], rtol=1e-5, atol=1e-5)
+
+
+def test_crop_maps_back_with_zeros_outside_the_crop(split) -> None:
+    model = PaDiM(**{**TINY, "image_size": 80, "crop_size": 64}).fit(split[0][:4])
+    amap = model.predict(split[1][:1], original_size=True).maps[0]
+    assert amap.shape == (96, 96)
+    assert np.all(amap[:2] == 0) and amap[48, 48] > 0
+
+
+def test_non_square_input_without_crop(split) -> None:
+    model = PaDiM(**{**TINY, "image_size": (48, 96)}).fit(split[0][:4])
+    assert model.feature_shape_ == (12, 24)
+    assert model.predict(split[1][:2]).maps.shape == (2, 48, 96)
+
+
+def test_defects_score_higher_than_good_parts(split, fitted) -> None:
+    _, test, masks = split
+    scores = fitted.predict(test).scores
+    defect = np.array([m is not None for m in masks])
+    assert scores[defect].mean() > scores[~defect].mean()
+
+
+def test_one_training_image_fits_without_nan(split) -> None:
+    model = PaDiM(**TINY).fit(split[0][:1])
+    pred = model.predict(split[1][:2])
+    assert model.n_samples_seen_ == 1 and np.isfinite(pred.maps).all()
+
+
+def test_zero_images_and_unfitted_use_are_clear_errors(split) -> None:
+    with pytest.raises(PadimError, match="no images"):
+        PaDiM(**TINY).fit([])
+    with pytest.raises(PadimError, match="not fitted"):
+        PaDiM(**TINY).predict(split[1][:1])
+
+
+def test_nan_features_are_refused(split, monkeypatch) -> None:
+    model = PaDiM(**TINY)
+    model._init_network()
+    real = model.net_.embed
+    monkeypatch.setattr(model.net_, "embed", lambda x: real(x) * float("nan"))
+    with pytest.raises(PadimError, match="NaN/inf features"):
+        model.partial_fit(split[0][:2])
+
+
+def test_rd_defaults_follow_the_paper() -> None:
+    assert PaDiM(backbone="resnet18", weights="random", image_size=32, crop_size=None).fit(
+        [np.zeros((32, 32), np.uint8)] * 2).channel_indices_.numel() == 100
+
+
+def test_bad_parameters_are_refused_before_reading_images() -> None:
+    with pytest.raises(PadimError, match="eps"):
+        PaDiM(**{**TINY, "eps": 0}).fit(["/nonexistent.png"])
+    with pytest.raises(PadimError, match="crop size"):
+        PaDiM(**{**TINY, "image_size": 32, "crop_size": 64}).fit(["/nonexistent.png"])
