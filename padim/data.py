@@ -240,6 +240,8 @@ def as_items(images: Any) -> list[Item]:
     """Accept a folder, a file, a list of paths/PIL images/arrays/tensors, an NxHxWxC array or NxCxHxW tensor."""
     if isinstance(images, (str, os.PathLike)):
         path = Path(images)
+        if not path.exists():
+            raise PadimError(f"{path}: no such file or folder")
         files = list_images(path) if path.is_dir() else [path]
         return [Item(str(p), p) for p in files]
     if isinstance(images, np.ndarray) and images.ndim == 4:
