@@ -219,8 +219,6 @@ COMMANDS = {"fit": cmd_fit, "predict": cmd_predict, "info": cmd_info, "demo": cm
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one-line errors and exit code 2 for bad input, no traceback."""
     args = build_parser().parse_args(argv)
-    if getattr(args, "quiet", False):
-        os.environ.setdefault("TQDM_DISABLE", "1")
     try:
         COMMANDS[args.command](args)
     except PadimError as exc:

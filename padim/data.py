@@ -159,7 +159,10 @@ def pil_to_tensor(img: Image.Image, name: str) -> torch.Tensor:
     """Convert any PIL mode (1, L, LA, P, RGB, RGBA, CMYK, I;16, I, F) to (3, H, W) float in [0, 1]."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         # 16-bit (and PNG-16 read as 32-bit 'I'): PIL's convert("RGB") would clip at 255.
-        return array_to_tensor(np.asarray(img).astype(np.uint16, copy=False), name)
+        pixels = np.asarray(img)
+        if pixels.size and (pixels.min() < 0 or pixels.max() > 65535):
+            raise PadimError(f"{name}: 32-bit integer pixels outside the 16-bit range are not supported")
+        return array_to_tensor(pixels.astype(np.uint16), name)
     if img.mode == "F":
         return array_to_tensor(np.asarray(img, dtype=np.float32), name)
     if img.mode in ("P", "PA"):
@@ -188,6 +191,8 @@ def array_to_tensor(array: np.ndarray, name: str) -> torch.Tensor:
 def tensor_to_tensor(tensor: torch.Tensor, name: str) -> torch.Tensor:
     """Convert an HxW or CxHxW (C in 1, 3, 4) torch image to (3, H, W) float32 in [0, 1]."""
     t = tensor.detach().cpu()
+    if t.dtype in (torch.bfloat16, torch.float16):
+        t = t.float()  # numpy has no bfloat16
     if t.ndim == 2:
         t = t[None]
     if t.ndim != 3 or t.shape[0] not in (1, 3, 4):

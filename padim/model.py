@@ -32,10 +32,14 @@ class PadimNet(nn.Module):
         self.kept = split_by_tap(channel_indices, backbone.channels)
         self.register_buffer("mean", torch.empty(0, dtype=torch.float64))
         self.register_buffer("prec_chol", torch.empty(0))
+        self.register_buffer("projection", torch.empty(0))  # PCA components (D, d), when used
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Patch embeddings (B, d, h, w) of a normalised batch."""
-        return embed(self.extractor(x), self.kept)
+        emb = embed(self.extractor(x), self.kept)
+        if self.projection.numel():
+            emb = torch.einsum("bchw,cd->bdhw", emb, self.projection)
+        return emb
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Anomaly maps at the input's size and image scores."""
@@ -62,7 +66,8 @@ class PaDiM:
     Parameters follow the paper by default: efficientnet_lite0 (real ImageNet weights that install
     offline) tapped at strides 4, 8, 16; resize 256 (bicubic), center crop 224; eps = 0.01; sigma = 4.
     `n_features=None` uses the backbone's Rd default (100 for resnet18, 550 for wide_resnet50_2, every
-    channel otherwise); "all" keeps every channel. `weights`: None finds ImageNet weights offline,
+    channel otherwise); "all" keeps every channel. `reduction="pca"` projects the embeddings on their
+    n_features principal components instead (fitted on the training embeddings, paper Table II). `weights`: None finds ImageNet weights offline,
     a path reads a .pth/.safetensors file, "random" gives seeded random weights (tests only).
     """
 
@@ -71,6 +76,7 @@ class PaDiM:
         backbone: str = DEFAULT_BACKBONE,
         layers: tuple[str, ...] | list[str] | None = None,
         n_features: int | str | None = None,
+        reduction: str = "random",
         eps: float = paper.EPSILON,
         image_size: int | tuple[int, int] = paper.MVTEC_RESIZE,
         crop_size: int | tuple[int, int] | None = paper.MVTEC_CROP,
@@ -85,6 +91,7 @@ class PaDiM:
         self.backbone = backbone
         self.layers = layers
         self.n_features = n_features
+        self.reduction = reduction
         self.eps = eps
         self.image_size = image_size
         self.crop_size = crop_size
@@ -106,6 +113,8 @@ class PaDiM:
         """Reject parameter values that cannot work, before any image is read."""
         if not (isinstance(self.eps, (int, float)) and self.eps > 0):
             raise PadimError(f"eps must be a positive number, got {self.eps!r}")
+        if self.reduction not in ("random", "pca"):
+            raise PadimError(f"reduction must be 'random' or 'pca', got {self.reduction!r}")
         if self.sigma < 0:
             raise PadimError(f"sigma must be >= 0, got {self.sigma!r}")
         self.preprocess_  # noqa: B018 - validates sizes
@@ -121,8 +130,14 @@ class PaDiM:
         elif n_features == "all":
             n_features = None
         self.backbone_ = backbone
+        if self.reduction == "pca":
+            if n_features is None or not 1 <= int(n_features) <= n_total:
+                raise PadimError(f"reduction='pca' needs n_features between 1 and {n_total}, got {n_features!r}")
+            self.n_components_ = int(n_features)
+            n_features = None
         self.channel_indices_ = random_channels(n_total, n_features, self.seed)  # type: ignore[arg-type]
         self.net_ = PadimNet(backbone, self.channel_indices_, self.sigma).to(self.device)
+        self.components_: torch.Tensor | None = None
         self.stats_: GaussianStats | None = None
         self.n_samples_seen_ = 0
 
@@ -147,6 +162,8 @@ class PaDiM:
         if self._is_fitted() and self.stats_ is None:
             raise PadimError("this model was saved without statistics: it can predict but not be refitted "
                              "(save with statistics=True / --resumable to continue fitting later)")
+        if self.reduction == "pca" and self.components_ is None:
+            self._fit_pca(items)
         for batch, emb in self._embeddings(items, "fit"):
             self._check_finite(emb, batch)
             x = emb.flatten(2).permute(2, 0, 1)  # (P, B, d)
@@ -156,6 +173,19 @@ class PaDiM:
             self.stats_.update(x)
         self._finish_fit()
         return self
+
+    def _fit_pca(self, items: list) -> None:
+        """Principal components of all training patch embeddings (one extra pass over the images)."""
+        pooled: GaussianStats | None = None
+        for batch, emb in self._embeddings(items, "pca"):
+            self._check_finite(emb, batch)
+            x = emb.permute(0, 2, 3, 1).reshape(1, -1, emb.shape[1])  # every patch of every image
+            pooled = pooled or GaussianStats.empty(1, x.shape[2], emb.device)
+            pooled.update(x)
+        assert pooled is not None
+        _, vectors = torch.linalg.eigh(pooled.covariance(0.0)[0])  # ascending eigenvalues
+        self.components_ = vectors[:, -self.n_components_ :].flip(1).to(torch.float32).contiguous()
+        self.net_.projection = self.components_
 
     def merge(self, other: "PaDiM") -> "PaDiM":
         """Add another model's statistics (fitted separately on other images) to this one."""
@@ -169,6 +199,8 @@ class PaDiM:
                 raise PadimError(f"cannot merge models with different {key}: {mine[key]!r} vs {theirs[key]!r}")
         if not torch.equal(self.channel_indices_, other.channel_indices_):
             raise PadimError("cannot merge models with different Rd channel selections (different seeds?)")
+        if not torch.equal(self.net_.projection, other.net_.projection):
+            raise PadimError("cannot merge PCA models with different components (fit the PCA once, then partial_fit)")
         self.stats_.merge(other.stats_)
         self._finish_fit()
         return self
@@ -178,6 +210,7 @@ class PaDiM:
         return {
             "backbone": self.backbone_.name,
             "layers": self.backbone_.layers,
+            "reduction": self.reduction,
             "weights": self.backbone_.source.sha256,
             "preprocessing": self.preprocess_.to_dict(),
             "feature grid": self.feature_shape_,
@@ -192,6 +225,12 @@ class PaDiM:
         self.precision_cholesky_ = precision_cholesky(self.stats_, float(self.eps))
         self.net_.mean = self.mean_
         self.net_.prec_chol = self.precision_cholesky_
+
+    @property
+    def embedding_dim_(self) -> int:
+        """Dimension d of the patch embeddings the Gaussians model."""
+        self._require_fitted()
+        return int(self.mean_.shape[1])
 
     @property
     def covariance_(self) -> torch.Tensor:
@@ -268,8 +307,9 @@ class PaDiM:
                 "strides": list(self.backbone_.strides),
                 "weights": self.backbone_.source.to_dict(),
             },
-            "n_features": int(self.channel_indices_.numel()),
+            "n_features": self.embedding_dim_,
             "n_features_total": int(sum(self.backbone_.channels)),
+            "reduction": self.reduction,
             "seed": int(self.seed),
             "eps": float(self.eps),
             "sigma": float(self.sigma),
@@ -286,6 +326,8 @@ class PaDiM:
             "precision_cholesky": pack_lower(self.precision_cholesky_),
             "channel_indices": self.channel_indices_,
         }
+        if self.net_.projection.numel():
+            tensors["projection"] = self.net_.projection
         meta["statistics"] = bool(statistics)
         if statistics:
             if self.stats_ is None:
@@ -301,7 +343,9 @@ class PaDiM:
         tensors, meta = read_model(path)
         try:
             return cls._from_file(path, tensors, meta, weights, device, params)
-        except (KeyError, TypeError, IndexError) as exc:
+        except PadimError:
+            raise
+        except (KeyError, TypeError, IndexError, ValueError, AttributeError) as exc:
             raise PadimError(f"{path}: model metadata incomplete or malformed ({type(exc).__name__}: {exc})") from None
 
     @classmethod
@@ -312,9 +356,10 @@ class PaDiM:
         if weights is None:
             weights = RANDOM if source["kind"] == RANDOM else (source["path"] if source["kind"] == "file" else None)
         model = cls(
-            backbone=bb["name"], layers=tuple(bb["layers"]), n_features=meta["n_features"], eps=meta["eps"],
+            backbone=bb["name"], layers=tuple(bb["layers"]), n_features=meta["n_features"],
+            reduction=meta.get("reduction", "random"), eps=meta["eps"],
             image_size=tuple(pre["image_size"]), crop_size=tuple(pre["crop_size"]) if pre["crop_size"] else None,
-            seed=meta["seed"] if source["kind"] != RANDOM else source["seed"], device=device, weights=weights,
+            seed=meta["seed"], device=device, weights=weights,
             sigma=meta["sigma"], **params,
         )
         model._check_params()
@@ -336,11 +381,14 @@ class PaDiM:
         """Install checked tensors as the fitted state."""
         h, w = meta["feature_shape"]
         d, n_pos = int(meta["n_features"]), int(h) * int(w)
+        n_total, pca = sum(backbone.channels), self.reduction == "pca"
         expected = {
             "mean": ((n_pos, d), torch.float64),
             "precision_cholesky": ((n_pos, d * (d + 1) // 2), torch.float32),
-            "channel_indices": ((d,), torch.int64),
+            "channel_indices": ((n_total if pca else d,), torch.int64),
         }
+        if pca:
+            expected["projection"] = ((n_total, d), torch.float32)
         if meta.get("statistics"):
             expected["scatter"] = ((n_pos, d * (d + 1) // 2), torch.float64)
         for name, (shape, dtype) in expected.items():
@@ -351,7 +399,7 @@ class PaDiM:
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 raise PadimError(f"{path}: tensor {name!r} contains NaN or inf")
         idx = tensors["channel_indices"]
-        if d and (int(idx.min()) < 0 or int(idx.max()) >= sum(backbone.channels)):
+        if d and (int(idx.min()) < 0 or int(idx.max()) >= n_total):
             raise PadimError(f"{path}: channel indices out of range for this backbone")
         n = int(meta["n_samples_seen"])
         if n < 1:
@@ -359,6 +407,10 @@ class PaDiM:
         self.backbone_ = backbone
         self.channel_indices_ = idx
         self.net_ = PadimNet(backbone, idx, self.sigma).to(self.device)
+        self.components_ = tensors["projection"].to(self.device) if pca else None
+        if pca:
+            self.n_components_ = d
+            self.net_.projection = self.components_
         self.feature_shape_ = (int(h), int(w))
         self.created_ = meta.get("created")
         mean = tensors["mean"].to(self.device)

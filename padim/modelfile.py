@@ -46,7 +46,8 @@ def read_model(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[s
     except json.JSONDecodeError:
         raise PadimError(f"{path}: corrupt model metadata") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise PadimError(f"{path}: not a torch-padim model file (format {meta.get('format')!r})")
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise PadimError(f"{path}: not a torch-padim model file (format {found!r})")
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         raise PadimError(

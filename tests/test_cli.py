@@ -299,10 +299,6 @@ def test_predict_with_model_metadata_missing_a_key_exits_2(
     assert str(bad) in line and "backbone" in line
 
 
-@pytest.mark.xfail(reason="BUG: padim/model.py:304 PaDiM.load turns only KeyError/TypeError/IndexError into "
-                          "PadimError; a malformed metadata value (n_features='abc', feature_shape='x', "
-                          "n_samples_seen='many', image_size='abc') raises ValueError: traceback, exit 1",
-                   raises=ValueError, strict=True)
 @pytest.mark.parametrize("edit", [
     lambda m: m.update(n_features="abc"),
     lambda m: m.update(feature_shape="x"),
@@ -317,9 +313,6 @@ def test_predict_with_malformed_metadata_values_exits_2(
     assert str(bad) in line
 
 
-@pytest.mark.xfail(reason="BUG: padim/modelfile.py:49 the error message for metadata that is not a JSON object "
-                          "calls meta.get() on it: a list raises AttributeError (traceback, exit 1)",
-                   raises=AttributeError, strict=True)
 def test_model_whose_metadata_is_not_a_json_object_exits_2(
     model_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -97,9 +97,6 @@ def test_16bit_png_uses_the_full_16bit_range(tmp_path: Path) -> None:
     assert out[0, 0, 0].item() == 0.0
 
 
-@pytest.mark.xfail(reason="BUG: padim/data.py:162 casts 32-bit mode 'I' pixels with astype(np.uint16): "
-                          "values outside 0..65535 wrap silently (70000 -> 0.068, -5 -> 0.9999)",
-                   raises=AssertionError, strict=True)
 def test_32bit_integer_image_outside_16bit_range_is_not_silently_wrapped() -> None:
     img = Image.fromarray(np.array([[60000, 70000, -5]], dtype=np.int32))
     assert img.mode == "I"
@@ -155,9 +152,6 @@ def test_nchw_batch_tensor_and_nhwc_array_split_into_items() -> None:
     assert [it.load().shape for it in arrays] == [(3, 5, 7), (3, 5, 7)]
 
 
-@pytest.mark.xfail(reason="BUG: padim/data.py:197 tensor_to_tensor calls .numpy() on the tensor as is: a bfloat16 "
-                          "tensor raises TypeError (not PadimError) instead of being decoded",
-                   raises=TypeError, strict=True)
 def test_bfloat16_tensor_is_decoded_or_refused_with_padim_error() -> None:
     t = torch.full((3, 4, 4), 0.5, dtype=torch.bfloat16)
     try:

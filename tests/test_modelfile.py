@@ -403,9 +403,6 @@ def test_saving_into_a_missing_folder_is_refused(fitted: PaDiM, tmp_path: Path) 
     assert not target.parent.exists()
 
 
-@pytest.mark.xfail(reason="BUG: padim/atomic.py atomic_write creates the file with tempfile.mkstemp (mode 0600) "
-                          "and renames it, so saved models ignore the umask and are unreadable to other users",
-                   strict=True)
 def test_saved_file_has_ordinary_permissions(fitted: PaDiM, tmp_path: Path) -> None:
     reference = tmp_path / "reference.bin"
     reference.write_bytes(b"")  # what open(..., "wb") gives under the current umask
