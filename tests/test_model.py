@@ -127,3 +127,24 @@ def test_bad_parameters_are_refused_before_reading_images() -> None:
         PaDiM(**{**TINY, "eps": 0}).fit(["/nonexistent.png"])
     with pytest.raises(PadimError, match="crop size"):
         PaDiM(**{**TINY, "image_size": 32, "crop_size": 64}).fit(["/nonexistent.png"])
+
+
+def test_pca_reduction_uses_the_principal_components_of_training_patches(split, tmp_path) -> None:
+    from sklearn.decomposition import PCA
+
+    from padim.data import as_items
+
+    model = PaDiM(**{**TINY, "reduction": "pca", "n_features": 8}).fit(split[0])
+    assert model.components_.shape == (448, 8) and model.embedding_dim_ == 8
+    projection, model.net_.projection = model.net_.projection, torch.empty(0)
+    patches = torch.cat([e for _, e in model._embeddings(as_items(split[0]), "raw")])
+    model.net_.projection = projection
+    reference = PCA(8).fit(patches.permute(0, 2, 3, 1).reshape(-1, 448).double().numpy())
+    alignment = np.abs(reference.components_ @ projection.double().numpy())  # identity up to signs
+    assert np.allclose(alignment, np.eye(8), atol=1e-4)
+    model.save(tmp_path / "pca.safetensors")
+    loaded = PaDiM.load(tmp_path / "pca.safetensors")
+    assert np.array_equal(loaded.predict(split[1]).maps, model.predict(split[1]).maps)
+    other = PaDiM(**{**TINY, "reduction": "pca", "n_features": 8}).fit(split[0][:4])
+    with pytest.raises(PadimError, match="PCA"):
+        PaDiM(**{**TINY, "reduction": "pca", "n_features": 8}).fit(split[0][4:]).merge(other)
