@@ -143,7 +143,7 @@ def test_pca_reduction_uses_the_principal_components_of_training_patches(split, 
     alignment = np.abs(reference.components_ @ projection.double().numpy())  # identity up to signs
     assert np.allclose(alignment, np.eye(8), atol=1e-4)
     model.save(tmp_path / "pca.safetensors")
-    loaded = PaDiM.load(tmp_path / "pca.safetensors")
+    loaded = PaDiM.load(tmp_path / "pca.safetensors", batch_size=TINY["batch_size"])
     assert np.array_equal(loaded.predict(split[1]).maps, model.predict(split[1]).maps)
     other = PaDiM(**{**TINY, "reduction": "pca", "n_features": 8}).fit(split[0][:4])
     with pytest.raises(PadimError, match="PCA"):
