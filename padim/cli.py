@@ -76,6 +76,25 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("model")
     info.add_argument("--json", action="store_true", help="print the raw metadata")
 
+    evaluate = sub.add_parser("evaluate", parents=[common], help="image AUROC, pixel AUROC and AU-PRO on test sets")
+    evaluate.add_argument("model", help="model file")
+    evaluate.add_argument("datasets", nargs="+", help="MVTec-layout category folders (or STC roots with --stc)")
+    evaluate.add_argument("--stc", action="store_true", help="the datasets are ShanghaiTech Campus roots")
+    evaluate.add_argument("--test-stride", type=int, default=1, help="STC: use every Nth test frame")
+    evaluate.add_argument("-o", "--output", default="padim-evaluation", help="folder for evaluation.json / .md")
+
+    bench = sub.add_parser("benchmark", parents=[common], help="reproduce the paper's tables")
+    bench.add_argument("dataset", choices=["mvtec", "stc"])
+    bench.add_argument("--root", required=True, help="dataset root (official layout)")
+    bench.add_argument("--config", default="r18-rd100", help="paper configuration (default: r18-rd100)")
+    bench.add_argument("--categories", type=lambda s: s.split(","), help="MVTec categories (default: all present)")
+    bench.add_argument("--seeds", type=int, default=1, help="average Rd over this many seeds (the paper: 10)")
+    bench.add_argument("--non-aligned", action="store_true", help="Section V-C: random rotation and crop")
+    bench.add_argument("--table", help="paper table to compare with (default: the config's first)")
+    bench.add_argument("--train-stride", type=int, default=1, help="STC: use every Nth training frame")
+    bench.add_argument("--test-stride", type=int, default=1, help="STC: use every Nth test frame")
+    bench.add_argument("-o", "--output", default="padim-benchmark", help="folder for results (JSON + Markdown)")
+
     demo = sub.add_parser("demo", help="offline demo on real textures with synthetic defects")
     demo.add_argument("-o", "--output", default="padim-demo", help="output folder (default: padim-demo)")
     demo.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -213,7 +232,69 @@ def cmd_demo(args: argparse.Namespace) -> None:
           f"({time.perf_counter() - t0:.0f} s)")
 
 
-COMMANDS = {"fit": cmd_fit, "predict": cmd_predict, "info": cmd_info, "demo": cmd_demo}
+def _save_report(folder: str, stem: str, data: Any, markdown: str) -> None:
+    """Write NAME.json and NAME.md into a folder, atomically."""
+    out = Path(folder)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PadimError(f"{out}: cannot create output folder ({exc.strerror})") from None
+    _write_text(out / f"{stem}.json", json.dumps(data, indent=2))
+    _write_text(out / f"{stem}.md", markdown)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    """padim evaluate."""
+    from padim.benchmark import evaluate
+    from padim.datasets import mvtec_category, stc
+    from padim.model import PaDiM
+
+    model = PaDiM.load(args.model, weights=args.weights, device=args.device,
+                       batch_size=args.batch_size, verbose=not args.quiet)
+    rows = []
+    for dataset in args.datasets:
+        path = Path(dataset)
+        split = stc(path, test_stride=args.test_stride) if args.stc else mvtec_category(path.parent, path.name)
+        rows.append({"dataset": str(path), **evaluate(model, split)})
+    lines = ["| dataset | test images | image AUROC | pixel AUROC | AU-PRO |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['dataset']} | {int(r['n_test'])} | " + " | ".join(
+            f"{100 * r[k]:.1f}" if k in r else "-" for k in ("image_auroc", "pixel_auroc", "au_pro")) + " |")
+    markdown = "\n".join(lines) + "\n"
+    print(markdown, end="")
+    _save_report(args.output, "evaluation", {"model": str(args.model), "results": rows}, markdown)
+
+
+def cmd_benchmark(args: argparse.Namespace) -> None:
+    """padim benchmark."""
+    from padim import paper
+    from padim.benchmark import Options, config_for, markdown_table, results_json, run_benchmark
+    from padim.datasets import mvtec, stc
+
+    config = config_for(args.config)
+    options = Options(device=args.device, batch_size=args.batch_size, seeds=args.seeds, non_aligned=args.non_aligned,
+                      weights=args.weights, verbose=not args.quiet)
+    if args.dataset == "stc":
+        options.image_size, options.crop_size = paper.STC_RESIZE, None
+        splits = [stc(args.root, train_stride=args.train_stride, test_stride=args.test_stride)]
+    else:
+        splits = mvtec(args.root, args.categories)
+    print(f"benchmark {args.dataset} {config.name}: {len(splits)} categor{'y' if len(splits) == 1 else 'ies'}, "
+          f"{options.seeds} seed(s){', non-aligned' if options.non_aligned else ''}", flush=True)
+
+    def progress(result: Any) -> None:
+        m = result.metrics
+        print(f"  {result.category}: " + ", ".join(f"{k} {100 * m[k]:.1f}" for k in ("image_auroc", "pixel_auroc", "au_pro")
+                                                   if k in m) + f" (fit {result.fit_seconds:.1f} s)", flush=True)
+
+    results = run_benchmark(config, splits, options, on_result=progress)
+    markdown = markdown_table(config, results, args.table)
+    print(markdown, end="")
+    _save_report(args.output, f"{args.dataset}-{config.name}", results_json(config, results, options), markdown)
+
+
+COMMANDS = {"fit": cmd_fit, "predict": cmd_predict, "info": cmd_info, "evaluate": cmd_evaluate,
+            "benchmark": cmd_benchmark, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:
