@@ -251,10 +251,15 @@ def _diff(ours: float | None, theirs: float | None) -> str:
     return f"{100 * ours - theirs:+.1f}"
 
 
-def markdown_table(config: Config, results: list[CategoryResult], table: str | None = None) -> str:
+def markdown_table(config: Config, results: list[CategoryResult], table: str | None = None,
+                   options: Options | None = None) -> str:
     """Per-category table with the paper's value beside ours and the difference, then the group means."""
     table_name, row = paper_row(config, table)
     source = f"paper {table_name.replace('_', ' ')}" if table_name else "paper: no value for this configuration"
+    if options is not None and options.weights == "random":
+        source += "; RANDOM backbone weights, not ImageNet: not comparable with the paper"
+    if options is not None and options.non_aligned:
+        source += "; non-aligned protocol (Section V-C)"
     head = ("| category | image AUROC | pixel AUROC | paper | diff | AU-PRO | paper | diff | fit s | predict s "
             "| peak fit MB | peak predict MB |")
     lines = [f"**{config.name}** ({source}; percentages; means over {results[0].seeds if results else 1} seed(s))",
@@ -277,9 +282,10 @@ def markdown_table(config: Config, results: list[CategoryResult], table: str | N
     return "\n".join(lines) + "\n"
 
 
-def results_json(config: Config, results: list[CategoryResult], options: Options) -> dict[str, Any]:
+def results_json(config: Config, results: list[CategoryResult], options: Options,
+                 table: str | None = None) -> dict[str, Any]:
     """Everything a report needs, JSON-ready."""
-    table_name, row = paper_row(config)
+    table_name, row = paper_row(config, table)
     return {
         "config": asdict(config),
         "options": asdict(options),

@@ -288,9 +288,10 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
                                                    if k in m) + f" (fit {result.fit_seconds:.1f} s)", flush=True)
 
     results = run_benchmark(config, splits, options, on_result=progress)
-    markdown = markdown_table(config, results, args.table)
+    table = args.table or ("table_IV" if args.dataset == "stc" else None)
+    markdown = markdown_table(config, results, table, options)
     print(markdown, end="")
-    _save_report(args.output, f"{args.dataset}-{config.name}", results_json(config, results, options), markdown)
+    _save_report(args.output, f"{args.dataset}-{config.name}", results_json(config, results, options, table), markdown)
 
 
 COMMANDS = {"fit": cmd_fit, "predict": cmd_predict, "info": cmd_info, "evaluate": cmd_evaluate,

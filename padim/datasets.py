@@ -18,21 +18,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
+from padim import paper
 from padim.data import IMAGE_SUFFIXES, Preprocess, list_images, resize
 from padim.errors import PadimError
 
-# Table III groups the 15 MVTec AD categories into textures and objects.
-MVTEC_TEXTURES = ("carpet", "grid", "leather", "tile", "wood")
-MVTEC_OBJECTS = (
-    "bottle", "cable", "capsule", "hazelnut", "metal_nut", "pill", "screw", "toothbrush", "transistor", "zipper",
-)
+MVTEC_TEXTURES = paper.MVTEC_TEXTURES
+MVTEC_OBJECTS = paper.MVTEC_OBJECTS
 MVTEC_CATEGORIES = MVTEC_TEXTURES + MVTEC_OBJECTS
-
-# Section V-C ("Rd-MVTec AD"): resize to 256x256, random rotation in (-10, +10) degrees, random crop to 224x224,
-# applied to both train and test images.
-NONALIGNED_RESIZE = 256
-NONALIGNED_CROP = 224
-NONALIGNED_MAX_DEGREES = 10.0
 
 GOOD = "good"
 MASK_SUFFIX = "_mask.png"  # MVTec AD: ground_truth/<defect>/<stem>_mask.png
@@ -435,9 +427,9 @@ def nonaligned(
     image: torch.Tensor,
     mask: np.ndarray | None,
     rng: np.random.Generator,
-    resize: int = NONALIGNED_RESIZE,
-    crop: int = NONALIGNED_CROP,
-    max_degrees: float = NONALIGNED_MAX_DEGREES,
+    resize: int = paper.NONALIGNED_RESIZE,
+    crop: int = paper.NONALIGNED_CROP,
+    max_degrees: float = paper.NONALIGNED_MAX_DEGREES,
 ) -> tuple[torch.Tensor, np.ndarray | None]:
     """Section V-C: resize, rotate by a random angle in (-max_degrees, max_degrees), random crop; same for the mask."""
     _check_nonaligned(image, mask, resize, crop, max_degrees)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from padim import paper
 from padim.errors import PadimError
 
 
@@ -84,7 +85,7 @@ def area_up_to(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
 
 
 def au_pro(masks: Sequence[np.ndarray] | np.ndarray, maps: Sequence[np.ndarray] | np.ndarray,
-           fpr_limit: float = 0.3) -> float:
+           fpr_limit: float = paper.PRO_FPR_LIMIT) -> float:
     """Normalised area under the PRO curve up to an FPR of fpr_limit (0.3, as in the paper)."""
     fpr, pro = pro_curve(masks, maps)
     return area_up_to(fpr, pro, fpr_limit) / fpr_limit

@@ -29,3 +29,16 @@ RD_WIDE_RESNET50 = 550
 
 # IV-B: EfficientNet-B5 "layers 7 (level 2), 20 (level 4), and 26 (level 5)": see padim.backbone.
 EFFICIENTNET_B5_LEVELS = (2, 4, 5)
+
+# V-C, non-aligned MVTec AD: random rotation in (-10, +10) degrees and a random 224 crop of the
+# 256-resized image, applied to train and test images alike.
+NONALIGNED_RESIZE = 256
+NONALIGNED_CROP = 224
+NONALIGNED_MAX_DEGREES = 10.0
+
+# Table III's split of the MVTec AD classes.
+MVTEC_TEXTURES = ("carpet", "grid", "leather", "tile", "wood")
+MVTEC_OBJECTS = ("bottle", "cable", "capsule", "hazelnut", "metal_nut", "pill", "screw", "toothbrush", "transistor", "zipper")
+
+# V-B / Tables I-III: PRO is integrated up to a false-positive rate of 0.3 and divided by 0.3.
+PRO_FPR_LIMIT = 0.3

@@ -1,0 +1,124 @@
+"""Paper benchmarks and evaluation, end to end on miniature MVTec-layout and STC-layout sets."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from padim import PaDiM
+from padim.benchmark import CONFIGS, Options, _models, paper_row, run_category
+from padim.cli import main
+from padim.datasets import mvtec, mvtec_category
+from padim.synthetic import make_inspection_set
+
+from test_datasets import build_stc
+
+FAST = ["--weights", "random", "--batch-size", "16", "-q"]
+
+
+@pytest.fixture(scope="module")
+def mini_mvtec(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two categories in the official layout: a texture (carpet) and an object (bottle)."""
+    root = tmp_path_factory.mktemp("mvtec")
+    stage = tmp_path_factory.mktemp("stage")
+    for texture, category in (("brick", "carpet"), ("gravel", "bottle")):
+        shutil.copytree(make_inspection_set(stage, texture, 6, 3, 4, size=64, seed=2), root / category)
+    return root
+
+
+def test_paper_values_are_looked_up_by_table_and_row() -> None:
+    table, row = paper_row(CONFIGS["r18-rd100"])
+    assert table == "table_III" and row["carpet"] == [98.9, 96.0] and row["all"] == [96.7, 90.1]
+    table, row = paper_row(CONFIGS["r18-rd100"], "table_II")
+    assert row["all"] == [96.7, 90.5]
+    assert paper_row(CONFIGS["layer-sum"])[1]["object"] == [96.3, 88.1]
+    assert paper_row(CONFIGS["wr50-rd550"])[1]["all"] == [97.5, 92.1]
+
+
+def test_benchmark_command_prints_the_paper_column(mini_mvtec: Path, tmp_path: Path, capsys) -> None:
+    assert main(["benchmark", "mvtec", "--root", str(mini_mvtec), "--config", "r18-rd100", "-o", str(tmp_path), *FAST]) == 0
+    out = capsys.readouterr().out
+    carpet = next(line for line in out.splitlines() if line.startswith("| carpet |"))
+    cells = [c.strip() for c in carpet.strip("|").split("|")]
+    assert cells[3] == "98.9" and cells[6] == "96.0"  # the paper's Table III carpet values
+    assert float(cells[4]) == pytest.approx(float(cells[2]) - 98.9, abs=0.051)
+    for group in ("**texture**", "**object**", "**all**"):
+        assert f"| {group} |" in out
+    assert "RANDOM backbone weights" in out
+    saved = json.loads((tmp_path / "mvtec-r18-rd100.json").read_text())
+    assert [c["category"] for c in saved["categories"]] == ["carpet", "bottle"]
+    assert {"image_auroc", "pixel_auroc", "au_pro"} <= set(saved["categories"][0]["metrics"])
+    assert saved["categories"][0]["peak_fit_mb"] > 0 and saved["categories"][0]["fit_seconds"] > 0
+    assert (tmp_path / "mvtec-r18-rd100.md").read_text().count("| carpet |") == 1
+
+
+def test_layer_sum_adds_the_maps_of_three_single_layer_models(mini_mvtec: Path) -> None:
+    models = _models(CONFIGS["layer-sum"], Options(weights="random"), seed=0)
+    assert [m.layers for m in models] == [("layer1",), ("layer2",), ("layer3",)]
+    split = mvtec_category(mini_mvtec, "carpet")
+    options = Options(weights="random", image_size=64, crop_size=None, batch_size=16)
+    summed = run_category(CONFIGS["layer-sum"], split, options).metrics
+    maps = 0
+    for layers in (("layer1",), ("layer2",), ("layer3",)):
+        model = PaDiM(backbone="resnet18", layers=layers, n_features="all", weights="random", image_size=64, crop_size=None)
+        maps = maps + model.fit(split.train).predict(split.test_images).maps
+    from padim.metrics import au_pro
+
+    masks = np.stack([s.load_mask((64, 64)) for s in split.test])
+    assert summed["au_pro"] == pytest.approx(au_pro(masks, maps), abs=1e-9)
+
+
+def test_seeds_give_a_standard_error_and_non_aligned_is_seeded(mini_mvtec: Path) -> None:
+    split = mvtec_category(mini_mvtec, "bottle")
+    options = Options(weights="random", batch_size=16, seeds=2, non_aligned=True)
+    first = run_category(CONFIGS["r18-rd100"], split, options)
+    again = run_category(CONFIGS["r18-rd100"], split, options)
+    assert first.seeds == 2 and set(first.sem) >= {"pixel_auroc", "au_pro"}
+    assert first.metrics == again.metrics
+    aligned = run_category(CONFIGS["r18-rd100"], split, Options(weights="random", batch_size=16, seeds=2))
+    assert aligned.metrics["pixel_auroc"] != first.metrics["pixel_auroc"]
+
+
+def test_pca_config_runs(mini_mvtec: Path, tmp_path: Path, capsys) -> None:
+    assert main(["benchmark", "mvtec", "--root", str(mini_mvtec), "--categories", "carpet", "--config", "r18-pca100",
+                 "-o", str(tmp_path), *FAST]) == 0
+    assert "paper table II" in capsys.readouterr().out
+
+
+def test_stc_benchmark_uses_resize_only(tmp_path: Path, capsys) -> None:
+    build_stc(tmp_path / "stc")
+    assert main(["benchmark", "stc", "--root", str(tmp_path / "stc"), "-o", str(tmp_path / "out"), *FAST]) == 0
+    saved = json.loads((tmp_path / "out" / "stc-r18-rd100.json").read_text())
+    assert saved["options"]["crop_size"] is None and saved["options"]["image_size"] == 256
+    assert "pixel_auroc" in saved["categories"][0]["metrics"]
+    out = capsys.readouterr().out
+    assert "paper table IV" in out and "91.2" in out and "98.9" not in out  # Table IV, not MVTec values
+    assert saved["paper"]["table"] == "table_IV"
+
+
+def test_evaluate_command_matches_the_library(mini_mvtec: Path, tmp_path: Path, capsys) -> None:
+    model_path = tmp_path / "m.safetensors"
+    assert main(["fit", str(mini_mvtec / "carpet" / "train" / "good"), "-o", str(model_path), "--backbone", "resnet18",
+                 "--image-size", "64", "--crop-size", "none", "--n-features", "32", *FAST]) == 0
+    assert main(["evaluate", str(model_path), str(mini_mvtec / "carpet"), "-o", str(tmp_path / "ev"), *FAST]) == 0
+    saved = json.loads((tmp_path / "ev" / "evaluation.json").read_text())["results"][0]
+    from padim.benchmark import evaluate
+
+    expected = evaluate(PaDiM.load(model_path, batch_size=16), mvtec_category(mini_mvtec, "carpet"))
+    assert saved["au_pro"] == pytest.approx(expected["au_pro"], abs=1e-12)
+    assert "| " + str(mini_mvtec / "carpet") in (tmp_path / "ev" / "evaluation.md").read_text()
+
+
+def test_unknown_config_and_wrong_root_exit_2(tmp_path: Path, capsys) -> None:
+    assert main(["benchmark", "mvtec", "--root", str(tmp_path), "--config", "nope", *FAST]) == 2
+    assert main(["benchmark", "mvtec", "--root", str(tmp_path / "missing"), *FAST]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "unknown config" in err[0] and "missing" in err[1]
+
+
+def test_mvtec_loader_orders_official_categories(mini_mvtec: Path) -> None:
+    assert [s.name for s in mvtec(mini_mvtec)] == ["carpet", "bottle"]
