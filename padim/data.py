@@ -259,7 +259,9 @@ def as_items(images: Any) -> list[Item]:
         raise PadimError(f"cannot read images from a {type(images).__name__}")
     items = []
     for i, obj in enumerate(images):
-        if isinstance(obj, (str, os.PathLike)):
+        if isinstance(obj, Item):
+            items.append(obj)
+        elif isinstance(obj, (str, os.PathLike)):
             items.append(Item(str(obj), Path(obj)))
         elif isinstance(obj, (Image.Image, np.ndarray, torch.Tensor)):
             items.append(Item(f"{type(obj).__name__}[{i}]", obj))

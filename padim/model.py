@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 
 from padim import paper
+from padim.calibration import DEFAULT_FPR, Calibration, PadimWarning
 from padim.backbone import DEFAULT_BACKBONE, RANDOM, Backbone, build_backbone, spec_for
 from padim.data import Batch, Preprocess, as_items, as_size, iter_batches, n_batches
 from padim.embedding import embed, random_channels, split_by_tap
@@ -53,11 +55,16 @@ class PadimNet(nn.Module):
 
 @dataclass
 class Prediction:
-    """Image scores and anomaly maps, in input order."""
+    """Image scores and anomaly maps, in input order; with a calibration, also verdicts and defect masks."""
 
     names: list[str]
-    scores: np.ndarray  # (N,) float32
+    scores: np.ndarray  # (N,) float32, raw (higher is more anomalous)
     maps: Any  # (N, H, W) float32 array, or a list of per-image arrays at original sizes
+    normalized_scores: np.ndarray | None = None  # (N,) in [0, 1], threshold at 0.5
+    decisions: np.ndarray | None = None  # (N,) bool: True = defective (score > image threshold)
+    masks: Any = None  # like maps, bool: pixel score > pixel threshold
+    image_threshold: float | None = None
+    pixel_threshold: float | None = None
 
 
 class PaDiM:
@@ -69,6 +76,8 @@ class PaDiM:
     channel otherwise); "all" keeps every channel. `reduction="pca"` projects the embeddings on their
     n_features principal components instead (fitted on the training embeddings, paper Table II). `weights`: None finds ImageNet weights offline,
     a path reads a .pth/.safetensors file, "random" gives seeded random weights (tests only).
+    `holdout` > 0 keeps that fraction of the good training images (seeded) out of the fit to set the
+    thresholds at the target false-positive rate `fpr`; `calibrate()` does the same on a separate set.
     """
 
     def __init__(
@@ -87,6 +96,8 @@ class PaDiM:
         sigma: float = paper.GAUSSIAN_SIGMA,
         workers: int = 2,
         verbose: bool = False,
+        holdout: float = 0.0,
+        fpr: float = DEFAULT_FPR,
     ) -> None:
         self.backbone = backbone
         self.layers = layers
@@ -102,6 +113,8 @@ class PaDiM:
         self.sigma = sigma
         self.workers = workers
         self.verbose = verbose
+        self.holdout = holdout
+        self.fpr = fpr
 
     # ----------------------------------------------------------------------------- set-up
     @property
@@ -152,7 +165,28 @@ class PaDiM:
     def fit(self, images: Any) -> "PaDiM":
         """Fit the per-position Gaussians on images of good parts (replaces any previous fit)."""
         self._init_network()
-        return self.partial_fit(images)
+        self.calibration_: Calibration | None = None
+        items = as_items(images)
+        if not self.holdout:
+            return self.partial_fit(items)
+        if not 0 < self.holdout < 1:
+            raise PadimError(f"holdout must be a fraction in (0, 1), got {self.holdout}")
+        n_held = max(1, round(self.holdout * len(items)))
+        if n_held >= len(items):
+            raise PadimError(f"holdout {self.holdout} of {len(items)} images leaves none to fit on")
+        order = np.random.default_rng(self.seed).permutation(len(items))
+        self.partial_fit([items[i] for i in sorted(order[n_held:])])
+        held = [items[i] for i in sorted(order[:n_held])]
+        return self.calibrate(held, source=f"{n_held} held-out training images ({self.holdout:.0%}, seed {self.seed})")
+
+    def calibrate(self, good_images: Any, fpr: float | None = None, source: str | None = None) -> "PaDiM":
+        """Set image and pixel thresholds at a false-positive rate on good images the fit has not seen."""
+        items = as_items(good_images)
+        pred = self.predict(items)
+        self.calibration_ = Calibration.from_predictions(
+            pred.scores, pred.maps, self.fpr if fpr is None else fpr, source or f"{len(items)} separate good images",
+            seed=self.seed)
+        return self
 
     def partial_fit(self, images: Any) -> "PaDiM":
         """Add more good images to the statistics; same result as fitting on everything at once."""
@@ -172,7 +206,15 @@ class PaDiM:
                 self.feature_shape_ = (int(emb.shape[2]), int(emb.shape[3]))
             self.stats_.update(x)
         self._finish_fit()
+        self._discard_calibration()
         return self
+
+    def _discard_calibration(self) -> None:
+        """New statistics change the score distribution: thresholds set before no longer hold."""
+        if getattr(self, "calibration_", None) is not None:
+            warnings.warn("the model changed: its calibration was discarded, call calibrate() again",
+                          PadimWarning, stacklevel=3)
+        self.calibration_ = None
 
     def _fit_pca(self, items: list) -> None:
         """Principal components of all training patch embeddings (one extra pass over the images)."""
@@ -203,6 +245,7 @@ class PaDiM:
             raise PadimError("cannot merge PCA models with different components (fit the PCA once, then partial_fit)")
         self.stats_.merge(other.stats_)
         self._finish_fit()
+        self._discard_calibration()
         return self
 
     def _identity(self) -> dict[str, Any]:
@@ -274,8 +317,25 @@ class PaDiM:
                 maps = anomaly_maps(self.net_.patch_distances(emb), size, float(self.sigma))
                 yield batch, maps, image_scores(maps)
 
-    def predict(self, images: Any, original_size: bool = False) -> Prediction:
-        """Image scores and anomaly maps: on the preprocessed grid, or at each original image's size."""
+    def predict(self, images: Any, original_size: bool = False, image_threshold: float | None = None,
+                pixel_threshold: float | None = None) -> Prediction:
+        """Scores and anomaly maps (preprocessed grid or original sizes); verdicts when calibrated or given thresholds."""
+        pred = self._raw_predict(images, original_size)
+        calibration = getattr(self, "calibration_", None)
+        if calibration is not None:
+            image_threshold = calibration.image_threshold if image_threshold is None else image_threshold
+            pixel_threshold = calibration.pixel_threshold if pixel_threshold is None else pixel_threshold
+            pred.normalized_scores = calibration.normalize_scores(pred.scores, image_threshold)
+        if image_threshold is not None:
+            pred.decisions = pred.scores > image_threshold
+            pred.image_threshold = float(image_threshold)
+        if pixel_threshold is not None:
+            pred.masks = [m > pixel_threshold for m in pred.maps] if original_size else pred.maps > pixel_threshold
+            pred.pixel_threshold = float(pixel_threshold)
+        return pred
+
+    def _raw_predict(self, images: Any, original_size: bool) -> Prediction:
+        """Scores and maps only."""
         names, scores, maps = [], [], []
         for batch, batch_maps, batch_scores in self.predict_batches(images):
             names += batch.names
@@ -328,6 +388,11 @@ class PaDiM:
         }
         if self.net_.projection.numel():
             tensors["projection"] = self.net_.projection
+        calibration = getattr(self, "calibration_", None)
+        if calibration is not None:
+            meta["calibration"] = calibration.to_meta()
+            tensors["calibration_image_scores"] = torch.from_numpy(calibration.image_scores)
+            tensors["calibration_pixel_sample"] = torch.from_numpy(calibration.pixel_sample)
         meta["statistics"] = bool(statistics)
         if statistics:
             if self.stats_ is None:
@@ -423,6 +488,20 @@ class PaDiM:
         self.precision_cholesky_ = unpack_lower(tensors["precision_cholesky"], d).to(self.device)
         self.net_.mean = self.mean_
         self.net_.prec_chol = self.precision_cholesky_
+        self.calibration_ = self._calibration_from_file(path, tensors, meta)
+
+    @staticmethod
+    def _calibration_from_file(path: Any, tensors: dict, meta: dict) -> Calibration | None:
+        """The stored calibration, checked, or None."""
+        info = meta.get("calibration")
+        if info is None:
+            return None
+        scores, pixels = tensors.get("calibration_image_scores"), tensors.get("calibration_pixel_sample")
+        if scores is None or pixels is None or scores.ndim != 1 or pixels.ndim != 1 or len(scores) != info["n_images"]:
+            raise PadimError(f"{path}: calibration tensors missing or inconsistent with the metadata")
+        if not (torch.isfinite(scores).all() and torch.isfinite(pixels).all()):
+            raise PadimError(f"{path}: calibration scores contain NaN or inf")
+        return Calibration(scores.numpy(), pixels.numpy(), float(info["fpr"]), str(info["source"]))
 
     def __repr__(self) -> str:
         fitted = f", fitted on {self.n_samples_seen_} images" if self._is_fitted() else ""

@@ -296,6 +296,39 @@ def test_loading_refuses_bad_files(saved, tmp_path: Path, case: str) -> None:
     assert "\n" not in msg
 
 
+@pytest.mark.xfail(reason="BUG: padim/modelfile.py read_model: when the padim metadata is valid JSON but not an "
+                          "object, the error message itself calls meta.get() and raises AttributeError",
+                   strict=True)
+def test_metadata_that_is_not_a_json_object_is_refused(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path = tmp_path / "list_meta.safetensors"
+    save_file({"x": torch.zeros(2)}, str(path), metadata={"padim": json.dumps([1, 2])})
+    with pytest.raises(PadimError) as err:
+        PaDiM.load(path)
+    assert str(path) in str(err.value)
+
+
+def _feature_shape_text(t: dict, m: dict) -> None:
+    m["feature_shape"] = "16x16"
+
+
+def _n_samples_text(t: dict, m: dict) -> None:
+    m["n_samples_seen"] = "twelve"
+
+
+@pytest.mark.xfail(reason="BUG: padim/model.py PaDiM.load only turns KeyError/TypeError/IndexError into PadimError; "
+                          "metadata values of the wrong kind raise a bare ValueError (no file name) from "
+                          "_set_fitted_state (unpacking feature_shape, int(n_samples_seen))",
+                   strict=True)
+@pytest.mark.parametrize("change", [_feature_shape_text, _n_samples_text], ids=["feature_shape", "n_samples_seen"])
+def test_metadata_values_of_the_wrong_kind_are_refused(saved, tmp_path: Path, change) -> None:
+    path = rewrite(saved["full"], tmp_path / "odd_values.safetensors", change)
+    with pytest.raises(PadimError) as err:
+        PaDiM.load(path)
+    assert str(path) in str(err.value)
+
+
 def test_missing_model_file(tmp_path: Path) -> None:
     with pytest.raises(PadimError, match="not found"):
         PaDiM.load(tmp_path / "absent.safetensors")
@@ -404,10 +437,14 @@ def test_saving_into_a_missing_folder_is_refused(fitted: PaDiM, tmp_path: Path) 
 
 
 def test_saved_file_has_ordinary_permissions(fitted: PaDiM, tmp_path: Path) -> None:
-    reference = tmp_path / "reference.bin"
-    reference.write_bytes(b"")  # what open(..., "wb") gives under the current umask
-    path = tmp_path / "model.safetensors"
-    fitted.save(path)
+    old = os.umask(0o022)
+    try:
+        reference = tmp_path / "reference.bin"
+        reference.write_bytes(b"")  # what open(..., "wb") gives under this umask: 0644
+        path = tmp_path / "model.safetensors"
+        fitted.save(path)
+    finally:
+        os.umask(old)
     assert oct(path.stat().st_mode & 0o777) == oct(reference.stat().st_mode & 0o777)
 
 

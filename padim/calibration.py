@@ -1,0 +1,101 @@
+"""Thresholds set honestly: from scores of good parts only, at a target false-positive rate."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from padim.errors import PadimError
+
+DEFAULT_FPR = 0.01
+MAX_PIXEL_SAMPLE = 200_000
+
+
+class PadimWarning(UserWarning):
+    """A result is usable but weaker than asked for (e.g. a threshold from too few images)."""
+
+
+def threshold_at_fpr(sorted_scores: np.ndarray, fpr: float) -> float:
+    """Smallest observed score t such that at most a fraction fpr of the scores exceed t."""
+    n = len(sorted_scores)
+    allowed = int(math.floor(fpr * n + 1e-9))
+    return float(sorted_scores[n - 1 - min(allowed, n - 1)])
+
+
+def _logistic(x: np.ndarray, centre: float, spread: float) -> np.ndarray:
+    """Map scores to (0, 1), centre -> 0.5, monotone."""
+    z = np.clip((np.asarray(x, dtype=np.float64) - centre) / spread, -60, 60)
+    return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+
+
+def _spread(sorted_scores: np.ndarray, threshold: float) -> float:
+    """Scale of the normalisation: the scores' standard deviation, or a fallback for degenerate sets."""
+    spread = float(np.std(sorted_scores)) if len(sorted_scores) > 1 else 0.0
+    return spread if spread > 0 else max(abs(threshold) * 0.1, 1e-6)
+
+
+@dataclass
+class Calibration:
+    """Score distribution of good calibration images and the thresholds it gives."""
+
+    image_scores: np.ndarray  # sorted image scores (maxima) of the good calibration images
+    pixel_sample: np.ndarray  # sorted sample of their pixel scores
+    fpr: float
+    source: str
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fpr < 1:
+            raise PadimError(f"target false-positive rate must be in (0, 1), got {self.fpr}")
+        if len(self.image_scores) == 0 or len(self.pixel_sample) == 0:
+            raise PadimError("calibration needs at least one good image")
+        self.image_scores = np.sort(np.asarray(self.image_scores, dtype=np.float32))
+        self.pixel_sample = np.sort(np.asarray(self.pixel_sample, dtype=np.float32))
+
+    @classmethod
+    def from_predictions(cls, scores: np.ndarray, maps: np.ndarray, fpr: float, source: str,
+                         seed: int = 0) -> "Calibration":
+        """Calibrate on the scores and maps of good images; warn when they are too few for the target FPR."""
+        pixels = np.asarray(maps, dtype=np.float32).ravel()
+        if pixels.size > MAX_PIXEL_SAMPLE:
+            pixels = np.random.default_rng(seed).choice(pixels, MAX_PIXEL_SAMPLE, replace=False)
+        calibration = cls(np.asarray(scores), pixels, fpr, source)
+        needed = math.ceil(1 / fpr)
+        if len(scores) < needed:
+            warnings.warn(
+                f"only {len(scores)} calibration images: the image threshold is their maximum score, "
+                f"a false-positive rate of {fpr:.2%} needs at least {needed} good images", PadimWarning, stacklevel=3)
+        return calibration
+
+    @property
+    def image_threshold(self) -> float:
+        """Image score above which a part is called defective."""
+        return threshold_at_fpr(self.image_scores, self.fpr)
+
+    @property
+    def pixel_threshold(self) -> float:
+        """Pixel score above which a pixel is called defective."""
+        return threshold_at_fpr(self.pixel_sample, self.fpr)
+
+    def normalize_scores(self, scores: np.ndarray, threshold: float | None = None) -> np.ndarray:
+        """Image scores in [0, 1] with the (given or calibrated) threshold at 0.5."""
+        t = self.image_threshold if threshold is None else threshold
+        return _logistic(scores, t, _spread(self.image_scores, t))
+
+    def normalize_maps(self, maps: np.ndarray, threshold: float | None = None) -> np.ndarray:
+        """Pixel scores in [0, 1] with the (given or calibrated) pixel threshold at 0.5."""
+        t = self.pixel_threshold if threshold is None else threshold
+        return _logistic(maps, t, _spread(self.pixel_sample, t))
+
+    def describe(self) -> str:
+        """How the thresholds were chosen, in one sentence."""
+        return (f"thresholds at a {self.fpr:.2%} false-positive rate on {len(self.image_scores)} good images "
+                f"({self.source}): image {self.image_threshold:.4g}, pixel {self.pixel_threshold:.4g}")
+
+    def to_meta(self) -> dict[str, Any]:
+        """JSON-ready summary stored in model files."""
+        return {"fpr": self.fpr, "source": self.source, "n_images": int(len(self.image_scores)),
+                "image_threshold": self.image_threshold, "pixel_threshold": self.pixel_threshold}
