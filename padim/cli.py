@@ -9,6 +9,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--crop-size", type=_size, default=224, help="center crop N or HxW, or 'none' (default: 224)")
     fit.add_argument("--eps", type=float, default=0.01, help="covariance regulariser (default: 0.01)")
     fit.add_argument("--seed", type=int, default=0, help="seed of the Rd channel draw")
+    fit.add_argument("--holdout", type=float, default=0.0,
+                     help="fraction of the good images kept out of the fit to set thresholds (e.g. 0.1)")
+    fit.add_argument("--fpr", type=float, default=0.01, help="target false-positive rate of the thresholds (default 0.01)")
     fit.add_argument("--resumable", action="store_true",
                      help="also store the statistics, so the model can be updated or merged later")
 
@@ -71,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("inputs", nargs="+", help="image files or folders")
     predict.add_argument("-o", "--output", required=True, help="output folder")
     predict.add_argument("--no-overlays", action="store_true", help="write scores only")
+    predict.add_argument("--image-threshold", type=float, help="override the model's image threshold")
+    predict.add_argument("--pixel-threshold", type=float, help="override the model's pixel threshold")
+
+    calibrate = sub.add_parser("calibrate", parents=[common], help="set thresholds on a separate set of good images")
+    calibrate.add_argument("model", help="model file")
+    calibrate.add_argument("good_dir", help="folder of good images the model was not fitted on")
+    calibrate.add_argument("-o", "--output", help="model file to write (default: overwrite MODEL atomically)")
+    calibrate.add_argument("--fpr", type=float, default=0.01, help="target false-positive rate (default 0.01)")
 
     info = sub.add_parser("info", help="show what a model file holds")
     info.add_argument("model")
@@ -111,12 +123,26 @@ def cmd_fit(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     model = PaDiM(backbone=args.backbone, layers=args.layers, n_features=args.n_features, eps=args.eps,
                   image_size=args.image_size, crop_size=args.crop_size, seed=args.seed, device=args.device,
-                  batch_size=args.batch_size, weights=args.weights, verbose=not args.quiet)
+                  batch_size=args.batch_size, weights=args.weights, verbose=not args.quiet,
+                  holdout=args.holdout, fpr=args.fpr)
     model.fit(args.train_dir)
     model.save(out, statistics=args.resumable)
     print(f"fitted {model.backbone_.name} ({model.channel_indices_.numel()} features, "
           f"{model.feature_shape_[0]}x{model.feature_shape_[1]} positions) on {model.n_samples_seen_} images "
           f"in {time.perf_counter() - t0:.1f} s -> {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    if model.calibration_ is not None:
+        print(model.calibration_.describe())
+
+
+def cmd_calibrate(args: argparse.Namespace) -> None:
+    """padim calibrate."""
+    from padim.model import PaDiM
+
+    model = PaDiM.load(args.model, weights=args.weights, device=args.device,
+                       batch_size=args.batch_size, verbose=not args.quiet)
+    model.calibrate(args.good_dir, fpr=args.fpr, source=f"good images in {args.good_dir}")
+    model.save(args.output or args.model, statistics=model.stats_ is not None)
+    print(model.calibration_.describe())
 
 
 def _expand_inputs(inputs: list[str]) -> list[Path]:
@@ -160,25 +186,39 @@ def cmd_predict(args: argparse.Namespace) -> None:
         raise PadimError(f"{out}: cannot create output folder ({exc.strerror})") from None
     rows: list[dict[str, Any]] = []
     overlays = []
-    for batch, maps, scores in model.predict_batches(paths):
-        for name, amap, score, size in zip(batch.names, maps, scores.tolist(), batch.original_sizes):
-            rows.append({"image": name, "score": score})
-            if not args.no_overlays:
-                overlays.append((name, model.preprocess_.to_original(amap[None].cpu(), size)[0].numpy()))
+    pred = model.predict(paths, original_size=True, image_threshold=args.image_threshold,
+                         pixel_threshold=args.pixel_threshold)
+    for i, (name, amap) in enumerate(zip(pred.names, pred.maps)):
+        row: dict[str, Any] = {"image": name, "score": float(pred.scores[i])}
+        if pred.normalized_scores is not None:
+            row["normalized_score"] = float(pred.normalized_scores[i])
+        if pred.decisions is not None:
+            row["defective"] = bool(pred.decisions[i])
+        rows.append(row)
+        if not args.no_overlays:
+            overlays.append((name, amap))
     if overlays:
         vmin = min(float(m.min()) for _, m in overlays)
         vmax = max(float(m.max()) for _, m in overlays)
         for i, (name, amap) in enumerate(overlays):
             rgb = (read_image(name).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-            panel = side_by_side(rgb, heatmap_overlay(rgb, amap, vmin=vmin, vmax=vmax))
+            panel = side_by_side(rgb, heatmap_overlay(rgb, amap, vmin=vmin, vmax=vmax, threshold=pred.pixel_threshold))
             save_png(out / "overlays" / f"{i:04d}_{Path(name).stem}.png", panel)
             rows[i]["overlay"] = f"overlays/{i:04d}_{Path(name).stem}.png"
+    if pred.masks is not None:
+        (out / "masks").mkdir(exist_ok=True)
+        for i, (row, mask) in enumerate(zip(rows, pred.masks)):
+            row["mask"] = f"masks/{i:04d}_{Path(row['image']).stem}.png"
+            save_png(out / row["mask"], np.repeat(mask[:, :, None].astype(np.uint8) * 255, 3, axis=2))
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["image", "score"] + (["overlay"] if overlays else []))
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["image", "score"])
     writer.writeheader()
     writer.writerows(rows)
     _write_text(out / "scores.csv", buf.getvalue())
-    _write_text(out / "scores.json", json.dumps({"model": str(args.model), "images": rows}, indent=2))
+    thresholds = {"image": pred.image_threshold, "pixel": pred.pixel_threshold,
+                  "how": "given on the command line" if args.image_threshold is not None or args.pixel_threshold is not None
+                  else (model.calibration_.describe() if model.calibration_ is not None else "none: model not calibrated")}
+    _write_text(out / "scores.json", json.dumps({"model": str(args.model), "thresholds": thresholds, "images": rows}, indent=2))
     print(f"scored {len(rows)} images -> {out}/scores.csv, scores.json"
           + (f", {len(overlays)} overlays" if overlays else ""))
 
@@ -208,6 +248,9 @@ def cmd_info(args: argparse.Namespace) -> None:
         f"eps, sigma      {meta.get('eps')}, {meta.get('sigma')}",
         f"training images {meta.get('n_samples_seen')}",
         f"statistics      {'stored (resumable)' if meta.get('statistics') else 'not stored'}",
+        "thresholds      " + (f"image {cal['image_threshold']:.4g}, pixel {cal['pixel_threshold']:.4g} at FPR {cal['fpr']:.2%} "
+                              f"on {cal['n_images']} good images ({cal['source']})" if (cal := meta.get("calibration"))
+                              else "none (not calibrated: padim calibrate MODEL GOOD_DIR, or fit --holdout 0.1)"),
         f"created         {meta.get('created')}",
     ]
     print("\n".join(lines))
@@ -294,13 +337,19 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     _save_report(args.output, f"{args.dataset}-{config.name}", results_json(config, results, options, table), markdown)
 
 
-COMMANDS = {"fit": cmd_fit, "predict": cmd_predict, "info": cmd_info, "evaluate": cmd_evaluate,
+COMMANDS = {"fit": cmd_fit, "predict": cmd_predict, "calibrate": cmd_calibrate, "info": cmd_info, "evaluate": cmd_evaluate,
             "benchmark": cmd_benchmark, "demo": cmd_demo}
+
+
+def _one_line_warning(message: Any, category: Any, *_args: Any, **_kwargs: Any) -> None:
+    """Warnings as one line on stderr, without source lines."""
+    print(f"padim: warning: {message}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one-line errors and exit code 2 for bad input, no traceback."""
     args = build_parser().parse_args(argv)
+    warnings.showwarning = _one_line_warning
     try:
         COMMANDS[args.command](args)
     except PadimError as exc:

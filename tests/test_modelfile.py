@@ -296,9 +296,6 @@ def test_loading_refuses_bad_files(saved, tmp_path: Path, case: str) -> None:
     assert "\n" not in msg
 
 
-@pytest.mark.xfail(reason="BUG: padim/modelfile.py read_model: when the padim metadata is valid JSON but not an "
-                          "object, the error message itself calls meta.get() and raises AttributeError",
-                   strict=True)
 def test_metadata_that_is_not_a_json_object_is_refused(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
@@ -317,10 +314,6 @@ def _n_samples_text(t: dict, m: dict) -> None:
     m["n_samples_seen"] = "twelve"
 
 
-@pytest.mark.xfail(reason="BUG: padim/model.py PaDiM.load only turns KeyError/TypeError/IndexError into PadimError; "
-                          "metadata values of the wrong kind raise a bare ValueError (no file name) from "
-                          "_set_fitted_state (unpacking feature_shape, int(n_samples_seen))",
-                   strict=True)
 @pytest.mark.parametrize("change", [_feature_shape_text, _n_samples_text], ids=["feature_shape", "n_samples_seen"])
 def test_metadata_values_of_the_wrong_kind_are_refused(saved, tmp_path: Path, change) -> None:
     path = rewrite(saved["full"], tmp_path / "odd_values.safetensors", change)
