@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"{', '.join(BACKBONES)} or any timm model with --layers (default: {DEFAULT_BACKBONE})")
     fit.add_argument("--layers", type=lambda s: tuple(s.split(",")), help="comma-separated module names to tap")
     fit.add_argument("--n-features", type=_n_features, help="Rd: number of random channels kept, or 'all'")
+    fit.add_argument("--reduction", choices=["random", "pca"], default="random",
+                     help="keep n-features random channels (Rd, default) or principal components (pca)")
     fit.add_argument("--image-size", type=_size, default=256, help="resize to N or HxW (default: 256)")
     fit.add_argument("--crop-size", type=_size, default=224, help="center crop N or HxW, or 'none' (default: 224)")
     fit.add_argument("--eps", type=float, default=0.01, help="covariance regulariser (default: 0.01)")
@@ -67,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--holdout", type=float, default=0.0,
                      help="fraction of the good images kept out of the fit to set thresholds (e.g. 0.1)")
     fit.add_argument("--fpr", type=float, default=0.01, help="target false-positive rate of the thresholds (default 0.01)")
+    fit.add_argument("--distributed", action="store_true",
+                     help="under torchrun: each process fits its shard, rank 0 merges and writes the model")
     fit.add_argument("--resumable", action="store_true",
                      help="also store the statistics, so the model can be updated or merged later")
 
@@ -77,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--no-overlays", action="store_true", help="write scores only")
     predict.add_argument("--image-threshold", type=float, help="override the model's image threshold")
     predict.add_argument("--pixel-threshold", type=float, help="override the model's pixel threshold")
+    predict.add_argument("--report", action="store_true", help="also write OUTPUT/report.html (one self-contained file)")
 
     calibrate = sub.add_parser("calibrate", parents=[common], help="set thresholds on a separate set of good images")
     calibrate.add_argument("model", help="model file")
@@ -107,9 +112,33 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--test-stride", type=int, default=1, help="STC: use every Nth test frame")
     bench.add_argument("-o", "--output", default="padim-benchmark", help="folder for results (JSON + Markdown)")
 
+    report = sub.add_parser("report", parents=[common], help="one self-contained HTML report of images, heat maps and metrics")
+    report.add_argument("model", help="model file")
+    report.add_argument("inputs", nargs="+",
+                        help="image files or folders; an MVTec-layout category folder (test/, ground_truth/) brings its labels and masks")
+    report.add_argument("-o", "--output", default="report.html", help="HTML file to write (default: report.html)")
+    report.add_argument("--masks-dir", help="ground-truth masks <stem>_mask.png for plain inputs (no mask or an empty one: good)")
+    report.add_argument("--image-threshold", type=float, help="override the model's image threshold")
+    report.add_argument("--pixel-threshold", type=float, help="override the model's pixel threshold")
+    report.add_argument("--title", default="PaDiM inspection report", help="report title")
+
     demo = sub.add_parser("demo", help="offline demo on real textures with synthetic defects")
     demo.add_argument("-o", "--output", default="padim-demo", help="output folder (default: padim-demo)")
     demo.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+    serve = sub.add_parser("serve", parents=[common], help="HTTP API and web page (needs the 'serve' extra)")
+    serve.add_argument("model", help="model file")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
+    serve.add_argument("--max-upload-mb", type=float, default=20, help="largest accepted upload in MiB (default: 20)")
+    serve.add_argument("--max-pixels", type=int, default=40_000_000, help="largest accepted image in pixels (default: 40000000)")
+    serve.add_argument("--max-batch", type=int, default=8, help="most requests scored in one forward pass (default: 8)")
+
+    export = sub.add_parser("export", help="write the model as an ONNX graph (needs the 'export' extra)")
+    export.add_argument("model", help="model file")
+    export.add_argument("-o", "--output", required=True, help="ONNX file to write (metadata also in OUTPUT.json)")
+    export.add_argument("--opset", type=int, default=17, help="ONNX opset, 11 to 20 (default: 17)")
+    export.add_argument("--weights", help="backbone weights file the model was fitted with (.pth/.safetensors)")
     return parser
 
 
@@ -121,13 +150,22 @@ def cmd_fit(args: argparse.Namespace) -> None:
     if not out.parent.is_dir():
         raise PadimError(f"{out}: output folder {out.parent} does not exist")
     t0 = time.perf_counter()
-    model = PaDiM(backbone=args.backbone, layers=args.layers, n_features=args.n_features, eps=args.eps,
+    model = PaDiM(backbone=args.backbone, layers=args.layers, n_features=args.n_features, reduction=args.reduction, eps=args.eps,
                   image_size=args.image_size, crop_size=args.crop_size, seed=args.seed, device=args.device,
                   batch_size=args.batch_size, weights=args.weights, verbose=not args.quiet,
                   holdout=args.holdout, fpr=args.fpr)
-    model.fit(args.train_dir)
+    if args.distributed:
+        from padim.distributed import fit_distributed, init_from_env
+
+        rank, world = init_from_env(args.device)
+        fit_distributed(model, args.train_dir)
+        if rank != 0:
+            return
+        print(f"merged the statistics of {world} processes")
+    else:
+        model.fit(args.train_dir)
     model.save(out, statistics=args.resumable)
-    print(f"fitted {model.backbone_.name} ({model.channel_indices_.numel()} features, "
+    print(f"fitted {model.backbone_.name} ({model.embedding_dim_} features, "
           f"{model.feature_shape_[0]}x{model.feature_shape_[1]} positions) on {model.n_samples_seen_} images "
           f"in {time.perf_counter() - t0:.1f} s -> {out} ({out.stat().st_size / 1e6:.1f} MB)")
     if model.calibration_ is not None:
@@ -219,8 +257,25 @@ def cmd_predict(args: argparse.Namespace) -> None:
                   "how": "given on the command line" if args.image_threshold is not None or args.pixel_threshold is not None
                   else (model.calibration_.describe() if model.calibration_ is not None else "none: model not calibrated")}
     _write_text(out / "scores.json", json.dumps({"model": str(args.model), "thresholds": thresholds, "images": rows}, indent=2))
-    print(f"scored {len(rows)} images -> {out}/scores.csv, scores.json"
+    if args.report:
+        from padim.report import given_note, write_report
+
+        write_report(out / "report.html", pred.names, pred.names, pred, model=model,
+                     threshold_note=given_note(model, args.image_threshold, args.pixel_threshold))
+    print(f"scored {len(rows)} images -> {out}/scores.csv, scores.json" + (", report.html" if args.report else "")
           + (f", {len(overlays)} overlays" if overlays else ""))
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    """padim report."""
+    from padim.model import PaDiM
+    from padim.report import report_from_files
+
+    model = PaDiM.load(args.model, weights=args.weights, device=args.device,
+                       batch_size=args.batch_size, verbose=not args.quiet)
+    pred = report_from_files(args.output, model, args.inputs, args.masks_dir, args.title,
+                             args.image_threshold, args.pixel_threshold)
+    print(f"report of {len(pred.scores)} images -> {args.output}")
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -337,9 +392,50 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     _save_report(args.output, f"{args.dataset}-{config.name}", results_json(config, results, options, table), markdown)
 
 
-COMMANDS = {"fit": cmd_fit, "predict": cmd_predict, "calibrate": cmd_calibrate, "info": cmd_info, "evaluate": cmd_evaluate,
-            "benchmark": cmd_benchmark, "demo": cmd_demo}
+def cmd_serve(args: argparse.Namespace) -> None:
+    """padim serve: FastAPI + uvicorn until Ctrl-C."""
+    try:
+        from padim.service import serve
+    except ImportError as exc:
+        raise PadimError(str(exc)) from None
+    from padim.model import PaDiM
 
+    if args.max_upload_mb <= 0 or args.max_pixels < 1 or args.max_batch < 1:
+        raise PadimError("--max-upload-mb, --max-pixels and --max-batch must be positive")
+    model = PaDiM.load(args.model, weights=args.weights, device=args.device, batch_size=args.batch_size)
+    serve(model, host=args.host, port=args.port, access_log=not args.quiet,
+          max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels, max_batch=args.max_batch)
+
+
+COMMANDS = {"fit": cmd_fit, "predict": cmd_predict, "calibrate": cmd_calibrate, "info": cmd_info, "evaluate": cmd_evaluate,
+            "benchmark": cmd_benchmark, "demo": cmd_demo, "serve": cmd_serve,
+            "report": cmd_report}
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    """padim export: ONNX graph + metadata, then a check against PyTorch on a random batch."""
+    from padim.export import export_onnx, external_data_path, read_metadata, sidecar_path, verify_onnx
+    from padim.model import PaDiM
+
+    out = Path(args.output)
+    if not out.parent.is_dir():
+        raise PadimError(f"{out}: output folder {out.parent} does not exist")
+    model = PaDiM.load(args.model, weights=args.weights)
+    export_onnx(model, out, opset=args.opset)
+    data = external_data_path(out) if read_metadata(out)["onnx"]["external_data"] else None
+    size = out.stat().st_size + (data.stat().st_size if data else 0)
+    check = verify_onnx(model, out)
+    h, w = model.preprocess_.output_size
+    print(f"exported {args.model} -> {out} ({size / 1e6:.1f} MB, opset {args.opset}, input image [batch, 3, {h}, {w}]); "
+          f"metadata also in {sidecar_path(out)}")
+    print(f"max |diff| vs PyTorch on a random batch of {check['batch_size']}: anomaly map {check['map_max_abs_diff']:.3g} "
+          f"(relative to the map's range {check['map_relative_diff']:.3g}), score {check['score_max_abs_diff']:.3g}")
+    cal = getattr(model, "calibration_", None)
+    print("thresholds in the metadata: " + (f"image {cal.image_threshold:.4g}, pixel {cal.pixel_threshold:.4g}"
+                                           if cal is not None else "none (model not calibrated)"))
+
+
+COMMANDS["export"] = cmd_export
 
 def _one_line_warning(message: Any, category: Any, *_args: Any, **_kwargs: Any) -> None:
     """Warnings as one line on stderr, without source lines."""

@@ -166,18 +166,27 @@ class PaDiM:
         """Fit the per-position Gaussians on images of good parts (replaces any previous fit)."""
         self._init_network()
         self.calibration_: Calibration | None = None
-        items = as_items(images)
+        fit_items, held = self.split_holdout(as_items(images))
+        self.partial_fit(fit_items)
+        return self._calibrate_holdout(held)
+
+    def split_holdout(self, items: list) -> tuple[list, list]:
+        """(images to fit, good images held out for calibration): a seeded split by `holdout`."""
         if not self.holdout:
-            return self.partial_fit(items)
+            return items, []
         if not 0 < self.holdout < 1:
             raise PadimError(f"holdout must be a fraction in (0, 1), got {self.holdout}")
         n_held = max(1, round(self.holdout * len(items)))
         if n_held >= len(items):
             raise PadimError(f"holdout {self.holdout} of {len(items)} images leaves none to fit on")
         order = np.random.default_rng(self.seed).permutation(len(items))
-        self.partial_fit([items[i] for i in sorted(order[n_held:])])
-        held = [items[i] for i in sorted(order[:n_held])]
-        return self.calibrate(held, source=f"{n_held} held-out training images ({self.holdout:.0%}, seed {self.seed})")
+        return [items[i] for i in sorted(order[n_held:])], [items[i] for i in sorted(order[:n_held])]
+
+    def _calibrate_holdout(self, held: list) -> "PaDiM":
+        """Calibrate on the held-out images, if any."""
+        if not held:
+            return self
+        return self.calibrate(held, source=f"{len(held)} held-out training images ({self.holdout:.0%}, seed {self.seed})")
 
     def calibrate(self, good_images: Any, fpr: float | None = None, source: str | None = None) -> "PaDiM":
         """Set image and pixel thresholds at a false-positive rate on good images the fit has not seen."""
@@ -197,17 +206,28 @@ class PaDiM:
             raise PadimError("this model was saved without statistics: it can predict but not be refitted "
                              "(save with statistics=True / --resumable to continue fitting later)")
         if self.reduction == "pca" and self.components_ is None:
-            self._fit_pca(items)
-        for batch, emb in self._embeddings(items, "fit"):
-            self._check_finite(emb, batch)
-            x = emb.flatten(2).permute(2, 0, 1)  # (P, B, d)
-            if self.stats_ is None:
-                self.stats_ = GaussianStats.empty(x.shape[0], x.shape[2], emb.device)
-                self.feature_shape_ = (int(emb.shape[2]), int(emb.shape[3]))
-            self.stats_.update(x)
+            self.set_components(self.pooled_stats(items))
+        if self.stats_ is None:
+            self.stats_ = self.empty_stats()
+        self.accumulate(items, self.stats_)
         self._finish_fit()
         self._discard_calibration()
         return self
+
+    def empty_stats(self) -> GaussianStats:
+        """Zero statistics of the right shape (one probe forward pass gives the feature grid)."""
+        h, w = self.preprocess_.output_size
+        with torch.no_grad():
+            emb = self.net_.embed(torch.zeros(1, 3, h, w, device=self.device))
+        self.feature_shape_ = (int(emb.shape[2]), int(emb.shape[3]))
+        return GaussianStats.empty(emb.shape[2] * emb.shape[3], emb.shape[1], emb.device)
+
+    def accumulate(self, items: list, stats: GaussianStats) -> GaussianStats:
+        """Add the embeddings of images to per-position statistics, batch by batch."""
+        for batch, emb in self._embeddings(items, "fit"):
+            self._check_finite(emb, batch)
+            stats.update(emb.flatten(2).permute(2, 0, 1))  # (P, B, d)
+        return stats
 
     def _discard_calibration(self) -> None:
         """New statistics change the score distribution: thresholds set before no longer hold."""
@@ -216,15 +236,18 @@ class PaDiM:
                           PadimWarning, stacklevel=3)
         self.calibration_ = None
 
-    def _fit_pca(self, items: list) -> None:
-        """Principal components of all training patch embeddings (one extra pass over the images)."""
+    def pooled_stats(self, items: list) -> GaussianStats:
+        """Mean and scatter of all patch embeddings of all images, pooled over positions (for PCA)."""
         pooled: GaussianStats | None = None
         for batch, emb in self._embeddings(items, "pca"):
             self._check_finite(emb, batch)
             x = emb.permute(0, 2, 3, 1).reshape(1, -1, emb.shape[1])  # every patch of every image
             pooled = pooled or GaussianStats.empty(1, x.shape[2], emb.device)
             pooled.update(x)
-        assert pooled is not None
+        return pooled or GaussianStats.empty(1, int(self.channel_indices_.numel()), self.device)
+
+    def set_components(self, pooled: GaussianStats) -> None:
+        """Keep the n_features leading principal components of the pooled embeddings."""
         _, vectors = torch.linalg.eigh(pooled.covariance(0.0)[0])  # ascending eigenvalues
         self.components_ = vectors[:, -self.n_components_ :].flip(1).to(torch.float32).contiguous()
         self.net_.projection = self.components_

@@ -1,0 +1,77 @@
+"""Fitting and scoring sharded over torch.distributed processes (torchrun; gloo on CPU, NCCL on GPU).
+
+Every rank reads its shard of the images (every world-th one) and accumulates its own statistics;
+rank 0 receives them one rank at a time and merges them with the same exact pairwise update as
+`PaDiM.merge`, so the result equals a single-process fit (up to float64 rounding).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from padim.data import as_items
+from padim.errors import PadimError
+from padim.gaussian import GaussianStats
+from padim.model import PaDiM
+
+
+def init_from_env(device: str = "cpu") -> tuple[int, int]:
+    """Join the process group torchrun describes (RANK, WORLD_SIZE, MASTER_ADDR...); return (rank, world)."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        raise PadimError("--distributed needs torchrun (e.g. torchrun --nproc_per_node 2 -m padim fit ...)")
+    if not dist.is_initialized():
+        backend = "nccl" if str(device).startswith("cuda") else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group(backend=backend)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def merge_to_rank0(stats: GaussianStats) -> GaussianStats | None:
+    """Send every rank's statistics to rank 0, which merges them in rank order; None elsewhere."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    count = torch.tensor([float(stats.n)], dtype=torch.float64, device=stats.mean.device)
+    if rank != 0:
+        for tensor in (count, stats.mean, stats.scatter):
+            dist.send(tensor, dst=0)
+        return None
+    merged = GaussianStats(stats.n, stats.mean.clone(), stats.scatter.clone())
+    for src in range(1, world):
+        other = GaussianStats(0, torch.empty_like(stats.mean), torch.empty_like(stats.scatter))
+        dist.recv(count, src=src)
+        dist.recv(other.mean, src=src)
+        dist.recv(other.scatter, src=src)
+        other.n = int(count.item())
+        merged.merge(other)
+    return merged
+
+
+def fit_distributed(model: PaDiM, images: Any) -> PaDiM:
+    """Fit `model` on this rank's shard of `images`; rank 0 ends with the merged, finished model."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    model._init_network()
+    model.calibration_ = None
+    fit_items, held = model.split_holdout(as_items(images))
+    shard = fit_items[rank::world]
+    if model.reduction == "pca":
+        pooled = merge_to_rank0(model.pooled_stats(shard))
+        components = torch.empty(int(model.channel_indices_.numel()), model.n_components_, device=model.device)
+        if rank == 0:
+            model.set_components(pooled)
+            components.copy_(model.components_)
+        dist.broadcast(components, src=0)
+        model.components_ = components
+        model.net_.projection = components
+    merged = merge_to_rank0(model.accumulate(shard, model.empty_stats()))
+    if rank == 0:
+        if merged.n == 0:
+            raise PadimError("no training images: the Gaussians are undefined")
+        model.stats_ = merged
+        model._finish_fit()
+        model._calibrate_holdout(held)
+    dist.barrier()
+    return model
