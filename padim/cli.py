@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--fpr", type=float, default=0.01, help="target false-positive rate of the thresholds (default 0.01)")
     fit.add_argument("--distributed", action="store_true",
                      help="under torchrun: each process fits its shard, rank 0 merges and writes the model")
+    fit.add_argument("--half", action="store_true", help="store the inverse covariance factors in float16 (half size)")
     fit.add_argument("--resumable", action="store_true",
                      help="also store the statistics, so the model can be updated or merged later")
 
@@ -164,7 +165,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
         print(f"merged the statistics of {world} processes")
     else:
         model.fit(args.train_dir)
-    model.save(out, statistics=args.resumable)
+    model.save(out, statistics=args.resumable, half=args.half)
     print(f"fitted {model.backbone_.name} ({model.embedding_dim_} features, "
           f"{model.feature_shape_[0]}x{model.feature_shape_[1]} positions) on {model.n_samples_seen_} images "
           f"in {time.perf_counter() - t0:.1f} s -> {out} ({out.stat().st_size / 1e6:.1f} MB)")

@@ -402,12 +402,18 @@ class PaDiM:
             "n_samples_seen": int(self.n_samples_seen_),
         }
 
-    def save(self, path: str | os.PathLike, statistics: bool = False) -> None:
-        """Write the model atomically; statistics=True also stores what partial_fit/merge need."""
+    def save(self, path: str | os.PathLike, statistics: bool = False, half: bool = False) -> None:
+        """Write the model atomically; statistics=True also stores what partial_fit/merge need.
+
+        half=True stores the inverse Cholesky factors in float16 (half the size; scores change by
+        about 1e-3 relative, see benchmarks/); they are computed in float32 after loading.
+        """
         meta = self.metadata()
+        meta["precision_dtype"] = "float16" if half else "float32"
+        factor = pack_lower(self.precision_cholesky_)
         tensors = {
             "mean": self.mean_,
-            "precision_cholesky": pack_lower(self.precision_cholesky_),
+            "precision_cholesky": factor.half() if half else factor,
             "channel_indices": self.channel_indices_,
         }
         if self.net_.projection.numel():
@@ -475,7 +481,8 @@ class PaDiM:
         n_total, pca = sum(backbone.channels), self.reduction == "pca"
         expected = {
             "mean": ((n_pos, d), torch.float64),
-            "precision_cholesky": ((n_pos, d * (d + 1) // 2), torch.float32),
+            "precision_cholesky": ((n_pos, d * (d + 1) // 2),
+                                   torch.float16 if meta.get("precision_dtype") == "float16" else torch.float32),
             "channel_indices": ((n_total if pca else d,), torch.int64),
         }
         if pca:
@@ -513,7 +520,7 @@ class PaDiM:
             self.stats_ = GaussianStats(n, mean.clone(), scatter)
         self.n_samples_seen_ = n
         self.mean_ = mean
-        self.precision_cholesky_ = unpack_lower(tensors["precision_cholesky"], d).to(self.device)
+        self.precision_cholesky_ = unpack_lower(tensors["precision_cholesky"].float(), d).to(self.device)
         self.net_.mean = self.mean_
         self.net_.prec_chol = self.precision_cholesky_
         self.calibration_ = self._calibration_from_file(path, tensors, meta)

@@ -536,3 +536,15 @@ def test_embed_on_real_backbone_maps() -> None:
     idx = random_channels(sum(bb.channels), 50, seed=6)
     got = embed(maps, split_by_tap(idx, bb.channels))
     assert torch.equal(got, reference_embedding(maps, idx))
+
+
+def test_half_precision_file_is_smaller_and_scores_stay_close(fitted: PaDiM, texture_set: Path, tmp_path: Path) -> None:
+    full, half = tmp_path / "full.safetensors", tmp_path / "half.safetensors"
+    fitted.save(full)
+    fitted.save(half, half=True)
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    test = sorted((texture_set / "test").glob("*/*.png"))
+    ref = fitted.predict(test)
+    got = PaDiM.load(half, batch_size=fitted.batch_size).predict(test)
+    assert np.allclose(got.scores, ref.scores, rtol=5e-3)
+    assert np.abs(got.maps - ref.maps).max() < 5e-3 * np.abs(ref.maps).max()
