@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -37,28 +36,31 @@ class GaussianStats:
 
     def update(self, x: torch.Tensor) -> None:
         """Add a batch of embeddings given as (P, B, d)."""
-        x = x.to(STATS_DTYPE)
-        batch_mean = x.mean(dim=1)
-        centred = x - batch_mean[:, None, :]
-        self._combine(x.shape[1], batch_mean, lambda scatter: scatter.baddbmm_(centred.transpose(1, 2), centred))
+        x64 = torch.empty(x.shape, dtype=STATS_DTYPE, device=x.device).copy_(x)  # one contiguous copy
+        batch_mean = x64.mean(dim=1)
+        self._combine(x.shape[1], batch_mean, x64.sub_(batch_mean[:, None, :]))
 
     def merge(self, other: "GaussianStats") -> None:
         """Add another set of statistics over the same positions and dimensions."""
         if other.mean.shape != self.mean.shape:
             raise PadimError(f"cannot merge statistics of shape {tuple(other.mean.shape)} into {tuple(self.mean.shape)}")
-        self._combine(other.n, other.mean.to(self.mean.device), lambda scatter: scatter.add_(other.scatter.to(scatter.device)))
+        self.scatter.add_(other.scatter.to(self.scatter.device))
+        self._combine(other.n, other.mean.to(self.mean.device), None)
 
-    def _combine(self, n_b: int, mean_b: torch.Tensor, add_scatter_b: Callable[[torch.Tensor], Any]) -> None:
-        """Chan et al. update with a group of n_b samples of mean mean_b; add_scatter_b adds its scatter in place.
+    def _combine(self, n_b: int, mean_b: torch.Tensor, centred_b: torch.Tensor | None) -> None:
+        """Chan et al. update with n_b samples of mean mean_b (and, for a batch, its centred samples).
 
-        In-place updates: temporaries of the scatter's size (P*d*d) cost more than the arithmetic.
+        scatter += C^T C + (n_a n_b / n) delta delta^T is done as one product [C; s delta]^T [C; s delta]
+        with s = sqrt(n_a n_b / n): a single pass over the (P, d, d) scatter, which is what costs.
         """
         if n_b == 0:
             return
         n_a, n = self.n, self.n + n_b
         delta = mean_b - self.mean
-        add_scatter_b(self.scatter)
-        self.scatter.baddbmm_(delta[:, :, None], delta[:, None, :], alpha=n_a * n_b / n)
+        rows = delta[:, None, :] * math.sqrt(n_a * n_b / n)
+        if centred_b is not None:
+            rows = torch.cat([centred_b, rows], dim=1)
+        self.scatter.baddbmm_(rows.transpose(1, 2), rows)
         self.mean.add_(delta, alpha=n_b / n)
         self.n = n
 
