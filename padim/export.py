@@ -29,7 +29,7 @@ from padim.atomic import atomic_write
 from padim.calibration import _logistic, _spread
 from padim.data import Preprocess, as_items, iter_batches
 from padim.errors import PadimError
-from padim.model import PaDiM, Prediction
+from padim.model import PaDiM, Prediction, add_verdicts
 
 EXPORT_HINT = "onnx export needs: pip install 'torch-padim[export]'"
 METADATA_KEY = "padim"
@@ -335,17 +335,7 @@ class OnnxPredictor:
             else:
                 maps.append(batch_maps)
         pred = Prediction(names, np.concatenate(scores), maps if original_size else np.concatenate(maps))
-        if self.calibration is not None:
-            image_threshold = self.image_threshold if image_threshold is None else image_threshold
-            pixel_threshold = self.pixel_threshold if pixel_threshold is None else pixel_threshold
-            pred.normalized_scores = self.normalize_scores(pred.scores, image_threshold)
-        if image_threshold is not None:
-            pred.decisions = pred.scores > image_threshold
-            pred.image_threshold = float(image_threshold)
-        if pixel_threshold is not None:
-            pred.masks = [m > pixel_threshold for m in pred.maps] if original_size else pred.maps > pixel_threshold
-            pred.pixel_threshold = float(pixel_threshold)
-        return pred
+        return add_verdicts(pred, self if self.calibration is not None else None, image_threshold, pixel_threshold)
 
     def __repr__(self) -> str:
         h, w = self.preprocess.output_size

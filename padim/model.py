@@ -67,6 +67,27 @@ class Prediction:
     pixel_threshold: float | None = None
 
 
+def add_verdicts(pred: Prediction, calibrated: Any, image_threshold: float | None,
+                 pixel_threshold: float | None) -> Prediction:
+    """Fill in normalised scores, decisions and masks from given thresholds or a calibration.
+
+    `calibrated` offers image_threshold, pixel_threshold and normalize_scores(scores, threshold)
+    (a Calibration, or an exported model's predictor), or is None.
+    """
+    if calibrated is not None:
+        image_threshold = calibrated.image_threshold if image_threshold is None else image_threshold
+        pixel_threshold = calibrated.pixel_threshold if pixel_threshold is None else pixel_threshold
+        pred.normalized_scores = calibrated.normalize_scores(pred.scores, image_threshold)
+    if image_threshold is not None:
+        pred.decisions = pred.scores > image_threshold
+        pred.image_threshold = float(image_threshold)
+    if pixel_threshold is not None:
+        maps = pred.maps
+        pred.masks = [m > pixel_threshold for m in maps] if isinstance(maps, list) else maps > pixel_threshold
+        pred.pixel_threshold = float(pixel_threshold)
+    return pred
+
+
 class PaDiM:
     """PaDiM anomaly detector (Defard et al., 2020).
 
@@ -345,18 +366,7 @@ class PaDiM:
                 pixel_threshold: float | None = None) -> Prediction:
         """Scores and anomaly maps (preprocessed grid or original sizes); verdicts when calibrated or given thresholds."""
         pred = self._raw_predict(images, original_size)
-        calibration = getattr(self, "calibration_", None)
-        if calibration is not None:
-            image_threshold = calibration.image_threshold if image_threshold is None else image_threshold
-            pixel_threshold = calibration.pixel_threshold if pixel_threshold is None else pixel_threshold
-            pred.normalized_scores = calibration.normalize_scores(pred.scores, image_threshold)
-        if image_threshold is not None:
-            pred.decisions = pred.scores > image_threshold
-            pred.image_threshold = float(image_threshold)
-        if pixel_threshold is not None:
-            pred.masks = [m > pixel_threshold for m in pred.maps] if original_size else pred.maps > pixel_threshold
-            pred.pixel_threshold = float(pixel_threshold)
-        return pred
+        return add_verdicts(pred, getattr(self, "calibration_", None), image_threshold, pixel_threshold)
 
     def _raw_predict(self, images: Any, original_size: bool) -> Prediction:
         """Scores and maps only."""
