@@ -532,20 +532,8 @@ def render_report(
     return "\n".join(out) + "\n"
 
 
-def write_report(
-    path: str | os.PathLike,
-    names: Sequence[str],
-    images: Sequence[Any],
-    prediction: "Prediction",
-    gt_masks: Sequence[np.ndarray | None] | None = None,
-    labels: Any = None,
-    *,
-    title: str = "PaDiM inspection report",
-    model: "PaDiM | None" = None,
-    threshold_note: str | None = None,
-    thumbnail: int = THUMBNAIL,
-) -> None:
-    """Write one self-contained HTML report (atomically).
+def write_report(path: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+    """Write one self-contained HTML report (atomically); arguments as render_report.
 
     names, images and the prediction's scores/maps are in the same order; each image is an RGB uint8
     array at its map's size (or a path, read at its own size), loaded one at a time. gt_masks: per image
@@ -554,8 +542,7 @@ def write_report(
     threshold_note unset, the sentence saying how its calibration chose the thresholds.
     Thumbnails are at most `thumbnail` pixels on their longest side.
     """
-    text = render_report(names, images, prediction, gt_masks, labels, title=title, model=model,
-                         threshold_note=threshold_note, thumbnail=thumbnail)
+    text = render_report(*args, **kwargs)
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
