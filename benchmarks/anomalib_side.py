@@ -54,28 +54,23 @@ import time
 import traceback
 from pathlib import Path
 
+from padim import paper
+from padim.benchmark import reset_peak_rss as peak_reset
+
 HERE = Path(__file__).resolve().parent
 CONFIGS = {
     "r18-rd100": dict(backbone="resnet18", timm_name="resnet18", n_features=100),
     "wr50-rd550": dict(backbone="wide_resnet50_2", timm_name="wide_resnet50_2", n_features=550),
 }
-LAYERS = ("layer1", "layer2", "layer3")
+LAYERS = paper.RESNET_LAYERS
 SIZE = 224
 N_PREDICT = 100
 BATCH = 32
 SEED = 0
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 CRASH_N = 60
 
 
 # ------------------------------------------------------------------------------------ helpers
-def peak_reset() -> None:
-    """Reset VmHWM to the current resident size."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
 def status_mb(key: str) -> float:
     with open("/proc/self/status") as f:
         for line in f:
@@ -244,8 +239,8 @@ def _normalise(batch_u8):
     import torch
 
     x = batch_u8.float().div_(255.0)
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(paper.IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(paper.IMAGENET_STD).view(1, 3, 1, 1)
     return (x - mean) / std
 
 

@@ -51,24 +51,13 @@ def make_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
     return paths
 
 
-def peak_reset() -> None:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
-def peak_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def worker(config: str, n: int, cache: Path) -> dict:
     """Measure one configuration at one N (run in its own process)."""
     import torch
 
     from padim import PaDiM
+    from padim.benchmark import peak_rss_mb as peak_mb
+    from padim.benchmark import reset_peak_rss as peak_reset
 
     params = CONFIGS[config]
     train = make_images(cache / "train", n)

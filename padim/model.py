@@ -45,7 +45,11 @@ class PadimNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Anomaly maps at the input's size and image scores."""
-        maps = anomaly_maps(self.patch_distances(self.embed(x)), tuple(x.shape[-2:]), self.sigma)
+        return self.score_embedding(self.embed(x), tuple(x.shape[-2:]))
+
+    def score_embedding(self, embedding: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Anomaly maps of the given size and image scores from patch embeddings."""
+        maps = anomaly_maps(self.patch_distances(embedding), size, self.sigma)
         return maps, image_scores(maps)
 
     def patch_distances(self, embedding: torch.Tensor) -> torch.Tensor:
@@ -359,8 +363,8 @@ class PaDiM:
                 raise PadimError(f"{batch.names[0]}: feature grid {tuple(emb.shape[2:])} does not match "
                                  f"the model's {tuple(self.feature_shape_)}")
             with torch.no_grad():
-                maps = anomaly_maps(self.net_.patch_distances(emb), size, float(self.sigma))
-                yield batch, maps, image_scores(maps)
+                maps, scores = self.net_.score_embedding(emb, size)
+            yield batch, maps, scores
 
     def predict(self, images: Any, original_size: bool = False, image_threshold: float | None = None,
                 pixel_threshold: float | None = None) -> Prediction:
