@@ -42,3 +42,26 @@ MVTEC_OBJECTS = ("bottle", "cable", "capsule", "hazelnut", "metal_nut", "pill", 
 
 # V-B / Tables I-III: PRO is integrated up to a false-positive rate of 0.3 and divided by 0.3.
 PRO_FPR_LIMIT = 0.3
+
+# IV-B / Table III baselines. SPADE (Cohen & Hoshen, 2020) "as described in the original publication",
+# with a Wide-ResNet50-2: image level, mean distance to the K nearest training images' global
+# average-pooled features; pixel level, distance to the nearest (k=1) patch feature among the
+# layer1-3 maps of those K images; the map resized (bicubic) and smoothed like PaDiM's (sigma = 4).
+SPADE_BACKBONE = "wide_resnet50_2"
+SPADE_K_IMAGES = 50
+SPADE_K_PATCHES = 1
+
+# IV-B: "our own VAE ... with a ResNet18 as encoder and a 8x8 convolutional latent variable", trained
+# per class on 10 000 images augmented by random rotation (-2, +2 degrees), 292x292 resize, random
+# 282x282 crop, then 256x256 center crop; 100 epochs, Adam, initial learning rate 1e-4, batch 32.
+# The anomaly map is the pixel-wise L2 reconstruction error.
+VAE_ENCODER = "resnet18"
+VAE_LATENT_GRID = 8
+VAE_TRAIN_IMAGES = 10_000
+VAE_MAX_DEGREES = 2.0
+VAE_RESIZE = 292
+VAE_RANDOM_CROP = 282
+VAE_CROP = 256
+VAE_EPOCHS = 100
+VAE_LEARNING_RATE = 1e-4
+VAE_BATCH_SIZE = 32
