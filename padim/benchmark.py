@@ -35,6 +35,7 @@ class Config:
     ensemble: tuple[tuple[str, ...], ...] = ()  # Table I "Layer 1+2+3": sum of single-layer models' maps
     tables: tuple[str, ...] = ()
     detection_only: bool = False
+    method: str = "padim"  # "padim", or a paper baseline: "spade", "vae"
 
 
 CONFIGS: dict[str, Config] = {
@@ -52,8 +53,11 @@ CONFIGS: dict[str, Config] = {
         Config("wr50-rd550", backbone="wide_resnet50_2", n_features=paper.RD_WIDE_RESNET50, tables=("table_III",)),
         Config("effb5", backbone="efficientnet_b5", n_features="all", tables=("table_V",), detection_only=True),
         Config("lite0", backbone="efficientnet_lite0", n_features="all"),
+        Config("spade", backbone=paper.SPADE_BACKBONE, method="spade", tables=("table_III", "table_IV")),
+        Config("vae", backbone=paper.VAE_ENCODER, method="vae", tables=("table_III",)),
     )
 }
+METHODS = ("padim", "spade", "vae")
 
 
 def paper_results() -> dict[str, Any]:
@@ -147,18 +151,40 @@ class Options:
     crop_size: int | tuple[int, int] | None = paper.MVTEC_CROP
     weights: str | None = None
     verbose: bool = False
+    vae_epochs: int = paper.VAE_EPOCHS
+    vae_images: int = paper.VAE_TRAIN_IMAGES  # augmented training images per epoch
+    checkpoints: str | None = None  # folder for VAE training checkpoints (resumed when present)
 
 
-def _models(config: Config, options: Options, seed: int) -> list[PaDiM]:
-    """The model (or, for layer-sum, the single-layer models) of a configuration."""
+def _models(config: Config, options: Options, seed: int, tag: str = "") -> list[Any]:
+    """The model (or, for layer-sum, the single-layer models) of a configuration; fit/predict/preprocess_ alike."""
     size, crop = options.image_size, options.crop_size
     if options.non_aligned:  # images arrive already resized, rotated and cropped
         size, crop = paper.MVTEC_CROP, None
+    common = dict(device=options.device, weights=options.weights, seed=seed, verbose=options.verbose)
+    if config.method == "spade":
+        from padim.spade import Spade
+
+        return [Spade(backbone=config.backbone, image_size=size, crop_size=crop, batch_size=options.batch_size, **common)]
+    if config.method == "vae":
+        return [_vae(options, tag, seed, common)]
     params = dict(backbone=config.backbone, n_features=config.n_features, reduction=config.reduction,
-                  image_size=size, crop_size=crop, seed=seed, device=options.device,
-                  batch_size=options.batch_size, weights=options.weights, verbose=options.verbose)
+                  image_size=size, crop_size=crop, batch_size=options.batch_size, **common)
     layer_sets = config.ensemble or (config.layers,)
     return [PaDiM(layers=layers, **params) for layers in layer_sets]
+
+
+def _vae(options: Options, tag: str, seed: int, common: dict[str, Any]) -> Any:
+    """The paper's VAE baseline with the benchmark's training budget and checkpoint file."""
+    from padim.vae import VAE
+
+    if options.non_aligned:
+        raise PadimError("the non-aligned protocol (Section V-C) is defined for PaDiM and SPADE, not for the VAE")
+    checkpoint = None
+    if options.checkpoints:
+        os.makedirs(options.checkpoints, exist_ok=True)
+        checkpoint = os.path.join(options.checkpoints, f"vae-{tag or 'model'}-seed{seed}.safetensors")
+    return VAE(epochs=options.vae_epochs, n_train=options.vae_images, checkpoint=checkpoint, **common)
 
 
 def _nonaligned_inputs(split: Split, seed: int) -> tuple[list, list, np.ndarray]:
@@ -179,7 +205,7 @@ def run_category(config: Config, split: Split, options: Options) -> CategoryResu
     runs: list[dict[str, float]] = []
     fit_s = predict_s = peak_fit = peak_predict = 0.0
     for seed in range(options.seeds):
-        models = _models(config, options, seed)
+        models = _models(config, options, seed, split.name)
         if options.non_aligned:
             train, test, masks = _nonaligned_inputs(split, seed)
         else:
@@ -195,6 +221,9 @@ def run_category(config: Config, split: Split, options: Options) -> CategoryResu
         t0 = time.perf_counter()
 
         def predict(images: list) -> tuple[np.ndarray, np.ndarray]:
+            if len(models) == 1:  # the method's own image score (SPADE: kNN distance, not the map's max)
+                pred = models[0].predict(images)
+                return pred.maps, pred.scores
             maps = sum(m.predict(images).maps for m in models)  # layer-sum: the maps add up
             return maps, maps.reshape(len(maps), -1).max(axis=1)
 
@@ -303,3 +332,32 @@ def config_for(name: str) -> Config:
     if name not in CONFIGS:
         raise PadimError(f"unknown config {name!r}: choose one of {', '.join(CONFIGS)}")
     return CONFIGS[name]
+
+
+def combined_table(runs: list[tuple[Config, list[CategoryResult]]], table: str | None = None,
+                   options: Options | None = None) -> str:
+    """Methods side by side: each one's pixel AUROC and AU-PRO beside the paper's value for it."""
+    rows = [(config, paper_row(config, table)[1], {r.category: r.metrics for r in results}, group_means(results))
+            for config, results in runs]
+    names = list(dict.fromkeys(r.category for _, results in runs for r in results))
+    groups = list(dict.fromkeys(g for *_, means in rows for g in means))
+    head = "| category | " + " | ".join(f"{c.name} pixel AUROC | paper | {c.name} AU-PRO | paper" for c, *_ in rows) + " |"
+    caption = "Methods side by side (percentages; paper: Table III for MVTec AD, Table IV for STC)"
+    if options is not None and options.weights == "random":
+        caption += "; RANDOM backbone weights, not ImageNet: not comparable with the paper"
+    lines = [caption, "", head, "|" + "---|" * (1 + 4 * len(rows))]
+
+    def cells(config: Config, paper_values: dict[str, list], metrics: dict[str, float] | None, name: str) -> str:
+        pa, pp = _paper_pair(paper_values, name)
+        m = metrics or {}
+        return " | ".join([_pct(m.get("pixel_auroc")), _num(pa), _pct(m.get("au_pro")), _num(pp)])
+
+    for name in names:
+        lines.append(f"| {name} | " + " | ".join(cells(c, pv, per.get(name), name) for c, pv, per, _ in rows) + " |")
+    for group in groups:
+        lines.append(f"| **{group}** | " + " | ".join(cells(c, pv, means.get(group), group) for c, pv, _, means in rows) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value}"

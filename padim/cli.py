@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from padim import paper
 from padim.errors import PadimError
 
 EXIT_BAD_INPUT = 2
@@ -62,9 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--n-features", type=_n_features, help="Rd: number of random channels kept, or 'all'")
     fit.add_argument("--reduction", choices=["random", "pca"], default="random",
                      help="keep n-features random channels (Rd, default) or principal components (pca)")
-    fit.add_argument("--image-size", type=_size, default=256, help="resize to N or HxW (default: 256)")
-    fit.add_argument("--crop-size", type=_size, default=224, help="center crop N or HxW, or 'none' (default: 224)")
-    fit.add_argument("--eps", type=float, default=0.01, help="covariance regulariser (default: 0.01)")
+    fit.add_argument("--image-size", type=_size, default=paper.MVTEC_RESIZE,
+                     help=f"resize to N or HxW (default: {paper.MVTEC_RESIZE})")
+    fit.add_argument("--crop-size", type=_size, default=paper.MVTEC_CROP,
+                     help=f"center crop N or HxW, or 'none' (default: {paper.MVTEC_CROP})")
+    fit.add_argument("--eps", type=float, default=paper.EPSILON, help=f"covariance regulariser (default: {paper.EPSILON})")
     fit.add_argument("--seed", type=int, default=0, help="seed of the Rd channel draw")
     fit.add_argument("--holdout", type=float, default=0.0,
                      help="fraction of the good images kept out of the fit to set thresholds (e.g. 0.1)")
@@ -104,7 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("benchmark", parents=[common], help="reproduce the paper's tables")
     bench.add_argument("dataset", choices=["mvtec", "stc"])
     bench.add_argument("--root", required=True, help="dataset root (official layout)")
-    bench.add_argument("--config", default="r18-rd100", help="paper configuration (default: r18-rd100)")
+    bench.add_argument("--config", default="r18-rd100", help="PaDiM's paper configuration (default: r18-rd100)")
+    bench.add_argument("--method", type=_methods, default=("padim",),
+                       help="padim, spade, vae or a comma-separated list: one table each, then a combined one")
+    bench.add_argument("--vae-epochs", type=int, default=paper.VAE_EPOCHS,
+                       help=f"VAE training epochs (paper: {paper.VAE_EPOCHS})")
+    bench.add_argument("--vae-images", type=int, default=paper.VAE_TRAIN_IMAGES,
+                       help=f"augmented VAE training images per epoch (paper: {paper.VAE_TRAIN_IMAGES})")
+    bench.add_argument("--checkpoints", help="folder for VAE checkpoints: an interrupted run resumes from them")
     bench.add_argument("--categories", type=lambda s: s.split(","), help="MVTec categories (default: all present)")
     bench.add_argument("--seeds", type=int, default=1, help="average Rd over this many seeds (the paper: 10)")
     bench.add_argument("--non-aligned", action="store_true", help="Section V-C: random rotation and crop")
@@ -366,31 +376,51 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_benchmark(args: argparse.Namespace) -> None:
     """padim benchmark."""
-    from padim import paper
-    from padim.benchmark import Options, config_for, markdown_table, results_json, run_benchmark
+    from padim.benchmark import CONFIGS, Options, combined_table, config_for, markdown_table, results_json, run_benchmark
     from padim.datasets import mvtec, stc
 
-    config = config_for(args.config)
+    configs = [config_for(args.config) if m == "padim" else CONFIGS[m] for m in args.method]
     options = Options(device=args.device, batch_size=args.batch_size, seeds=args.seeds, non_aligned=args.non_aligned,
-                      weights=args.weights, verbose=not args.quiet)
+                      weights=args.weights, verbose=not args.quiet, vae_epochs=args.vae_epochs,
+                      vae_images=args.vae_images, checkpoints=args.checkpoints)
     if args.dataset == "stc":
         options.image_size, options.crop_size = paper.STC_RESIZE, None
         splits = [stc(args.root, train_stride=args.train_stride, test_stride=args.test_stride)]
     else:
         splits = mvtec(args.root, args.categories)
-    print(f"benchmark {args.dataset} {config.name}: {len(splits)} categor{'y' if len(splits) == 1 else 'ies'}, "
-          f"{options.seeds} seed(s){', non-aligned' if options.non_aligned else ''}", flush=True)
-
-    def progress(result: Any) -> None:
-        m = result.metrics
-        print(f"  {result.category}: " + ", ".join(f"{k} {100 * m[k]:.1f}" for k in ("image_auroc", "pixel_auroc", "au_pro")
-                                                   if k in m) + f" (fit {result.fit_seconds:.1f} s)", flush=True)
-
-    results = run_benchmark(config, splits, options, on_result=progress)
     table = args.table or ("table_IV" if args.dataset == "stc" else None)
-    markdown = markdown_table(config, results, table, options)
-    print(markdown, end="")
-    _save_report(args.output, f"{args.dataset}-{config.name}", results_json(config, results, options, table), markdown)
+    runs = []
+    for config in configs:
+        print(f"benchmark {args.dataset} {config.name}: {len(splits)} categor{'y' if len(splits) == 1 else 'ies'}, "
+              f"{options.seeds} seed(s){', non-aligned' if options.non_aligned else ''}", flush=True)
+        results = run_benchmark(config, splits, options, on_result=_print_progress)
+        markdown = markdown_table(config, results, table, options)
+        print(markdown, end="")
+        _save_report(args.output, f"{args.dataset}-{config.name}", results_json(config, results, options, table), markdown)
+        runs.append((config, results))
+    if len(runs) > 1:
+        markdown = combined_table(runs, table, options)
+        print(markdown, end="")
+        combined = {"methods": [results_json(c, r, options, table) for c, r in runs]}
+        _save_report(args.output, f"{args.dataset}-combined", combined, markdown)
+
+
+def _print_progress(result: Any) -> None:
+    """One line per finished category."""
+    m = result.metrics
+    print(f"  {result.category}: " + ", ".join(f"{k} {100 * m[k]:.1f}" for k in ("image_auroc", "pixel_auroc", "au_pro")
+                                               if k in m) + f" (fit {result.fit_seconds:.1f} s)", flush=True)
+
+
+def _methods(text: str) -> tuple[str, ...]:
+    """Parse --method: known names, comma-separated, each once."""
+    from padim.benchmark import METHODS
+
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    unknown = [n for n in names if n not in METHODS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown method {unknown[0] if unknown else text!r}: choose from {', '.join(METHODS)}")
+    return names
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
