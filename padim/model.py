@@ -19,8 +19,8 @@ from padim.backbone import DEFAULT_BACKBONE, RANDOM, Backbone, build_backbone, s
 from padim.data import Batch, Preprocess, as_items, as_size, iter_batches, n_batches
 from padim.embedding import embed, random_channels, split_by_tap
 from padim.errors import PadimError
-from padim.gaussian import GaussianStats, precision_cholesky
-from padim.modelfile import pack_lower, read_model, symmetric_from_lower, unpack_lower, write_model
+from padim.gaussian import GaussianStats, pack_lower, precision_cholesky, unpack_lower
+from padim.modelfile import read_model, write_model
 from padim.scoring import anomaly_maps, image_scores, mahalanobis
 
 
@@ -441,7 +441,7 @@ class PaDiM:
         if statistics:
             if self.stats_ is None:
                 raise PadimError("this model has no statistics to save (it was loaded without them)")
-            tensors["scatter"] = pack_lower(self.stats_.scatter)
+            tensors["scatter"] = self.stats_.scatter
         write_model(path, tensors, meta)
 
     @classmethod
@@ -530,11 +530,10 @@ class PaDiM:
         mean = tensors["mean"].to(self.device)
         self.stats_ = None
         if meta.get("statistics"):
-            scatter = symmetric_from_lower(tensors["scatter"], d).to(self.device)
-            self.stats_ = GaussianStats(n, mean.clone(), scatter)
+            self.stats_ = GaussianStats(n, mean.clone(), tensors["scatter"].to(self.device))
         self.n_samples_seen_ = n
         self.mean_ = mean
-        self.precision_cholesky_ = unpack_lower(tensors["precision_cholesky"].float(), d).to(self.device)
+        self.precision_cholesky_ = unpack_lower(tensors.pop("precision_cholesky").to(self.device), d, torch.float32)
         self.net_.mean = self.mean_
         self.net_.prec_chol = self.precision_cholesky_
         self.calibration_ = self._calibration_from_file(path, tensors, meta)

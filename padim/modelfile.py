@@ -56,23 +56,3 @@ def read_model(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[s
             f"({meta.get('library_version', 'unknown')})"
         )
     return tensors, meta
-
-
-def pack_lower(matrices: torch.Tensor) -> torch.Tensor:
-    """The lower triangles of (P, d, d) matrices as (P, d(d+1)/2)."""
-    rows, cols = torch.tril_indices(matrices.shape[-1], matrices.shape[-1], device=matrices.device)
-    return matrices[:, rows, cols]
-
-
-def unpack_lower(packed: torch.Tensor, dim: int) -> torch.Tensor:
-    """Inverse of pack_lower: zeros above the diagonal."""
-    rows, cols = torch.tril_indices(dim, dim, device=packed.device)
-    out = packed.new_zeros(packed.shape[0], dim, dim)
-    out[:, rows, cols] = packed
-    return out
-
-
-def symmetric_from_lower(packed: torch.Tensor, dim: int) -> torch.Tensor:
-    """Rebuild symmetric (P, d, d) matrices from their packed lower triangles."""
-    lower = unpack_lower(packed, dim)
-    return lower + lower.tril(-1).transpose(1, 2)

@@ -8,17 +8,22 @@ import torch.nn.functional as F
 from padim import paper
 
 
-def mahalanobis(embedding: torch.Tensor, mean: torch.Tensor, prec_chol: torch.Tensor) -> torch.Tensor:
+def mahalanobis(embedding: torch.Tensor, mean: torch.Tensor, prec_chol: torch.Tensor,
+                chunk: int | None = None) -> torch.Tensor:
     """Mahalanobis distance of every patch, (B, d, h, w) -> (B, h, w), with precision = W^T W.
 
     Centring happens in the mean's precision (float64) before the float32 product, so features
-    with a large common offset lose no digits.
+    with a large common offset lose no digits; positions go in chunks to bound that float64 copy.
     """
     b, d, h, w = embedding.shape
     x = embedding.flatten(2).permute(2, 0, 1)  # (P, B, d)
-    centred = (x.to(mean.dtype) - mean[:, None, :]).to(prec_chol.dtype)
-    z = torch.bmm(centred, prec_chol.transpose(1, 2))  # row p, b: W_p (x_pb - mu_p)
-    dist = z.square().sum(dim=-1).sqrt()  # (P, B)
+    step = chunk or max(1, (1 << 23) // (b * d))  # about 64 MB of float64 per chunk
+    dist = torch.empty(x.shape[0], b, dtype=prec_chol.dtype, device=x.device)
+    for start in range(0, x.shape[0], step):
+        sl = slice(start, start + step)
+        centred = (x[sl].to(mean.dtype) - mean[sl, None, :]).to(prec_chol.dtype)
+        z = torch.bmm(centred, prec_chol[sl].transpose(1, 2))  # row p, b: W_p (x_pb - mu_p)
+        dist[sl] = z.square().sum(dim=-1).sqrt()
     return dist.T.reshape(b, h, w)
 
 

@@ -33,13 +33,14 @@ def reference_distances(train: np.ndarray, test: np.ndarray, eps: float) -> np.n
     return out
 
 
-def test_mahalanobis_matches_float64_reference() -> None:
+@pytest.mark.parametrize("chunk", [None, 1, 7])  # position chunks: 20 positions in 1, 20 or 3 pieces
+def test_mahalanobis_matches_float64_reference(chunk: int | None) -> None:
     rng = np.random.default_rng(0)
     train = rng.normal(size=(30, 12, 4, 5)) * rng.uniform(0.2, 2, size=(1, 12, 1, 1)) + 3.0
     test = rng.normal(size=(6, 12, 4, 5)) * 1.5 + 3.0
     stats = GaussianStats.empty(20, 12)
     stats.update(torch.from_numpy(train).float().flatten(2).permute(2, 0, 1))
-    got = mahalanobis(torch.from_numpy(test).float(), stats.mean, precision_cholesky(stats, 0.01))
+    got = mahalanobis(torch.from_numpy(test).float(), stats.mean, precision_cholesky(stats, 0.01), chunk)
     ref = reference_distances(train.astype(np.float32).astype(np.float64), test.astype(np.float32).astype(np.float64), 0.01)
     assert np.allclose(got.numpy(), ref, rtol=1e-4, atol=1e-5)
 
