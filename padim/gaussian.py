@@ -117,26 +117,6 @@ class GaussianStats:
         return cov.add_(eps * torch.eye(self.dim, dtype=cov.dtype, device=cov.device))
 
 
-def inverse_lower(lower: torch.Tensor, block: int = 64) -> torch.Tensor:
-    """Inverse of batched lower-triangular matrices, by 2x2 blocks.
-
-    [[A, 0], [B, C]]^-1 = [[A^-1, 0], [-C^-1 B A^-1, C^-1]]: recursing on the halves costs d^3/3
-    multiply-adds, where solve_triangular(L, I) spends d^3 because it ignores the identity's zeros.
-    """
-    dim = lower.shape[-1]
-    if dim <= block:
-        eye = torch.eye(dim, dtype=lower.dtype, device=lower.device).expand_as(lower)
-        return torch.linalg.solve_triangular(lower, eye, upper=False)
-    half = dim // 2
-    a_inv = inverse_lower(lower[:, :half, :half], block)
-    c_inv = inverse_lower(lower[:, half:, half:], block)
-    out = torch.zeros_like(lower)
-    out[:, :half, :half] = a_inv
-    out[:, half:, half:] = c_inv
-    out[:, half:, :half] = -c_inv @ (lower[:, half:, :half] @ a_inv)
-    return out
-
-
 def precision_cholesky(stats: GaussianStats, eps: float, chunk: int = 256) -> torch.Tensor:
     """Inverse Cholesky factor W = L^-1 of every covariance (so precision = W^T W), as float32.
 
@@ -151,5 +131,6 @@ def precision_cholesky(stats: GaussianStats, eps: float, chunk: int = 256) -> to
         lower, info = torch.linalg.cholesky_ex(stats.covariance(eps, sl))
         if int(info.max()) > 0:
             raise PadimError("covariance is not positive definite: the features contain NaN/inf or eps is too small")
-        out[sl] = inverse_lower(lower)
+        eye = torch.eye(dim, dtype=lower.dtype, device=lower.device).expand_as(lower)
+        out[sl] = torch.linalg.solve_triangular(lower, eye, upper=False)
     return out
