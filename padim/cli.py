@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--image-threshold", type=float, help="override the model's image threshold")
     predict.add_argument("--pixel-threshold", type=float, help="override the model's pixel threshold")
     predict.add_argument("--report", action="store_true", help="also write OUTPUT/report.html (one self-contained file)")
+    predict.add_argument("--distributed", action="store_true",
+                         help="under torchrun: each process scores its share of the images, rank 0 writes the tables")
 
     calibrate = sub.add_parser("calibrate", parents=[common], help="set thresholds on a separate set of good images")
     calibrate.add_argument("model", help="model file")
@@ -218,63 +220,86 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    """padim predict."""
+    """padim predict (under torchrun with --distributed: each process scores its shard, rank 0 writes the tables)."""
     import numpy as np
 
     from padim.data import read_image
     from padim.model import PaDiM
     from padim.overlay import heatmap_overlay, save_png, side_by_side
 
+    if args.distributed and args.report:
+        raise PadimError("--report needs every heat map in one process: run it without --distributed")
+    dist = _join_process_group(args) if args.distributed else None
     model = PaDiM.load(args.model, weights=args.weights, device=args.device,
                        batch_size=args.batch_size, verbose=not args.quiet)
     paths = _expand_inputs(args.inputs)
+    indices = dist.shard_indices(len(paths)) if dist else list(range(len(paths)))
     out = Path(args.output)
     try:
         (out / "overlays").mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise PadimError(f"{out}: cannot create output folder ({exc.strerror})") from None
     rows: list[dict[str, Any]] = []
-    overlays = []
-    pred = model.predict(paths, original_size=True, image_threshold=args.image_threshold,
-                         pixel_threshold=args.pixel_threshold)
-    for i, (name, amap) in enumerate(zip(pred.names, pred.maps)):
-        row: dict[str, Any] = {"image": name, "score": float(pred.scores[i])}
+    pred = model.predict([paths[i] for i in indices], original_size=True, image_threshold=args.image_threshold,
+                         pixel_threshold=args.pixel_threshold) if indices else None
+    for k, i in enumerate(indices):
+        row: dict[str, Any] = {"image": pred.names[k], "score": float(pred.scores[k])}
         if pred.normalized_scores is not None:
-            row["normalized_score"] = float(pred.normalized_scores[i])
+            row["normalized_score"] = float(pred.normalized_scores[k])
         if pred.decisions is not None:
-            row["defective"] = bool(pred.decisions[i])
+            row["defective"] = bool(pred.decisions[k])
         rows.append(row)
-        if not args.no_overlays:
-            overlays.append((name, amap))
-    if overlays:
-        vmin = min(float(m.min()) for _, m in overlays)
-        vmax = max(float(m.max()) for _, m in overlays)
-        for i, (name, amap) in enumerate(overlays):
+    if not args.no_overlays:
+        low = min((float(m.min()) for m in pred.maps), default=np.inf) if pred else np.inf
+        high = max((float(m.max()) for m in pred.maps), default=-np.inf) if pred else -np.inf
+        vmin, vmax = dist.global_range(low, high) if dist else (low, high)
+        for k, i in enumerate(indices):
+            name, amap = pred.names[k], pred.maps[k]
             rgb = (read_image(name).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
             panel = side_by_side(rgb, heatmap_overlay(rgb, amap, vmin=vmin, vmax=vmax, threshold=pred.pixel_threshold))
-            save_png(out / "overlays" / f"{i:04d}_{Path(name).stem}.png", panel)
-            rows[i]["overlay"] = f"overlays/{i:04d}_{Path(name).stem}.png"
-    if pred.masks is not None:
+            rows[k]["overlay"] = f"overlays/{i:04d}_{Path(name).stem}.png"
+            save_png(out / rows[k]["overlay"], panel)
+    if pred is not None and pred.masks is not None:
         (out / "masks").mkdir(exist_ok=True)
-        for i, (row, mask) in enumerate(zip(rows, pred.masks)):
-            row["mask"] = f"masks/{i:04d}_{Path(row['image']).stem}.png"
-            save_png(out / row["mask"], np.repeat(mask[:, :, None].astype(np.uint8) * 255, 3, axis=2))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["image", "score"])
-    writer.writeheader()
-    writer.writerows(rows)
-    _write_text(out / "scores.csv", buf.getvalue())
-    thresholds = {"image": pred.image_threshold, "pixel": pred.pixel_threshold,
-                  "how": "given on the command line" if args.image_threshold is not None or args.pixel_threshold is not None
-                  else (model.calibration_.describe() if model.calibration_ is not None else "none: model not calibrated")}
-    _write_text(out / "scores.json", json.dumps({"model": str(args.model), "thresholds": thresholds, "images": rows}, indent=2))
+        for k, (i, mask) in enumerate(zip(indices, pred.masks)):
+            rows[k]["mask"] = f"masks/{i:04d}_{Path(rows[k]['image']).stem}.png"
+            save_png(out / rows[k]["mask"], np.repeat(mask[:, :, None].astype(np.uint8) * 255, 3, axis=2))
+    all_rows = dist.gather_rows(list(zip(indices, rows))) if dist else list(zip(indices, rows))
+    if all_rows is None:  # not rank 0: rank 0 writes the tables
+        return
+    rows = [row for _, row in sorted(all_rows, key=lambda pair: pair[0])]
+    _write_scores(out, rows, args, model, pred)
     if args.report:
         from padim.report import given_note, write_report
 
         write_report(out / "report.html", pred.names, pred.names, pred, model=model,
                      threshold_note=given_note(model, args.image_threshold, args.pixel_threshold))
+    n_overlays = sum("overlay" in r for r in rows)
     print(f"scored {len(rows)} images -> {out}/scores.csv, scores.json" + (", report.html" if args.report else "")
-          + (f", {len(overlays)} overlays" if overlays else ""))
+          + (f", {n_overlays} overlays" if n_overlays else "") + (" (sharded over processes)" if dist else ""))
+
+
+def _join_process_group(args: argparse.Namespace) -> Any:
+    """Join torchrun's process group; the padim.distributed module for the caller."""
+    from padim import distributed
+
+    distributed.init_from_env(args.device)
+    return distributed
+
+
+def _write_scores(out: Path, rows: list[dict[str, Any]], args: argparse.Namespace, model: Any, pred: Any) -> None:
+    """scores.csv and scores.json, with how the thresholds were chosen."""
+    buf = io.StringIO()
+    fields = list(dict.fromkeys(k for row in rows for k in row)) or ["image", "score"]
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_text(out / "scores.csv", buf.getvalue())
+    given = args.image_threshold is not None or args.pixel_threshold is not None
+    thresholds = {"image": pred.image_threshold, "pixel": pred.pixel_threshold,
+                  "how": "given on the command line" if given
+                  else (model.calibration_.describe() if model.calibration_ is not None else "none: model not calibrated")}
+    _write_text(out / "scores.json", json.dumps({"model": str(args.model), "thresholds": thresholds, "images": rows}, indent=2))
 
 
 def cmd_report(args: argparse.Namespace) -> None:

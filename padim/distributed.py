@@ -75,3 +75,29 @@ def fit_distributed(model: PaDiM, images: Any) -> PaDiM:
         model._calibrate_holdout(held)
     dist.barrier()
     return model
+
+
+def shard_indices(n_items: int) -> list[int]:
+    """This rank's share of n_items (every world-th one, starting at its rank); all of them outside torchrun."""
+    if not dist.is_initialized():
+        return list(range(n_items))
+    return list(range(dist.get_rank(), n_items, dist.get_world_size()))
+
+
+def global_range(low: float, high: float, device: str = "cpu") -> tuple[float, float]:
+    """The smallest low and largest high over all ranks (the shared colour scale of heat maps)."""
+    if not dist.is_initialized():
+        return low, high
+    t = torch.tensor([-low, high], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return -float(t[0]), float(t[1])
+
+
+def gather_rows(rows: list[Any]) -> list[Any] | None:
+    """Every rank's rows (JSON-like objects) on rank 0, concatenated in rank order; None elsewhere."""
+    if not dist.is_initialized():
+        return rows
+    rank, world = dist.get_rank(), dist.get_world_size()
+    gathered: list[Any] | None = [None] * world if rank == 0 else None
+    dist.gather_object(rows, gathered, dst=0)
+    return [row for part in gathered for row in part] if rank == 0 else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -10,8 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from padim.cli import main
@@ -59,3 +62,23 @@ def test_distributed_without_torchrun_is_a_clear_error(texture_set: Path, tmp_pa
     assert main(["fit", str(texture_set / "train" / "good"), "-o", str(tmp_path / "m.safetensors"),
                  "--distributed", *ARGS]) == 2
     assert "torchrun" in capsys.readouterr().err
+
+
+def test_sharded_predict_writes_the_single_process_tables(texture_set: Path, tmp_path: Path) -> None:
+    model = tmp_path / "m.safetensors"
+    assert main(["fit", str(texture_set / "train" / "good"), "-o", str(model), "--n-features", "32", *ARGS]) == 0
+    test = sorted(str(p) for p in (texture_set / "test").iterdir())  # 12 images, 6 per rank
+    run = torchrun("predict", str(model), *test, "-o", str(tmp_path / "dist"), "--distributed", "--image-threshold", "5",
+                   "--batch-size", "4", "-q")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert main(["predict", str(model), *test, "-o", str(tmp_path / "single"), "--image-threshold", "5",
+                 "--batch-size", "4", "-q"]) == 0
+    dist = json.loads((tmp_path / "dist" / "scores.json").read_text())["images"]
+    single = json.loads((tmp_path / "single" / "scores.json").read_text())["images"]
+    assert [r["image"] for r in dist] == [r["image"] for r in single] and len(single) == 12
+    assert [r["overlay"] for r in dist] == [r["overlay"] for r in single]
+    for a, b in zip(dist, single):
+        assert a["score"] == pytest.approx(b["score"], rel=1e-5) and a["defective"] == b["defective"]
+    for row in single:  # same shared colour scale: the overlays are the same pictures
+        assert np.abs(np.asarray(Image.open(tmp_path / "dist" / row["overlay"]), dtype=int)
+                      - np.asarray(Image.open(tmp_path / "single" / row["overlay"]), dtype=int)).max() <= 1
