@@ -3,6 +3,12 @@
     python benchmarks/speed.py                                  # r18-rd100, wr50-rd550, lite0 at N=100
     python benchmarks/speed.py --configs r18-rd100 --n 100,1000
     python benchmarks/speed.py --half-check                     # float16 model file vs float32 on the demo data
+    python benchmarks/speed.py --anomalib-python /work/anomalib-venv/bin/python   # + anomalib side by side
+
+With --anomalib-python (an environment where anomalib 2.7.0 is importable; see anomalib_side.py), the
+ResNet configurations also run anomalib's PaDiM torch model on the same weights, Rd channels and
+images (anomalib_side.measure: fresh processes, peak memory per run) and print its fit time, predict
+time and peak memory beside torch-padim's, with ratios.
 
 Every (config, N) runs in a fresh process so peak resident memory (VmHWM) is its own. Images are
 synthetic 224x224 crops of scikit-image textures written to disk once (fit reads them from files,
@@ -125,6 +131,58 @@ def half_check() -> dict:
     return {"half_check": rows}
 
 
+def anomalib_rows(configs: list[str], sizes: list[int], python: str, cache: Path) -> list[dict]:
+    """anomalib_side.measure for every ResNet configuration and N (torch-padim and anomalib, same inputs)."""
+    sys.path.insert(0, str(HERE))
+    import anomalib_side
+
+    if not anomalib_side.has_anomalib(python):
+        print(f"anomalib is not importable from {python}: no side-by-side columns", file=sys.stderr)
+        return []
+    rows = []
+    for config in [c for c in configs if c in anomalib_side.CONFIGS]:
+        for n in sizes:
+            rows.append(anomalib_side.measure(config, n, cache / "anomalib-side", python, repeat=1))
+            print(anomalib_side.table(rows[-1:]).splitlines()[-1], flush=True)
+    print(anomalib_side.table(rows))
+    return rows
+
+
+def targets(rows: list[dict], side: list[dict]) -> str:
+    """The issue's targets, met or not, from the measured rows."""
+    lines = ["| target | measured | met |", "|---|---|---|"]
+
+    def add(name: str, value: float | None, ok: bool | None, fmt: str = ".2f") -> None:
+        lines.append(f"| {name} | {'-' if value is None else format(value, fmt)} | {'-' if ok is None else ('yes' if ok else 'no')} |")
+
+    for r in rows:
+        tag = f"{r['config']} N={r['n']}"
+        pred = r["predict_ips"] / r["backbone_ips"]
+        floor = {"r18-rd100": 0.90, "wr50-rd550": 0.75}.get(r["config"])
+        if floor:
+            add(f"{tag}: predict >= {floor}x backbone-only", pred, pred >= floor)
+        if r["config"] == "r18-rd100":
+            fit = r["fit_ips"] / r["backbone_ips"]
+            add(f"{tag}: fit >= 0.85x backbone-only", fit, fit >= 0.85)
+        if r["config"] == "wr50-rd550":
+            add(f"{tag}: model <= 2 GB (MB)", r["model_mb"], r["model_mb"] <= 2000, ".0f")
+            add(f"{tag}: float16 model <= 1 GB (MB)", r["half_model_mb"], r["half_model_mb"] <= 1000, ".0f")
+    by_config: dict[str, dict[int, dict]] = {}
+    for r in rows:
+        by_config.setdefault(r["config"], {})[r["n"]] = r
+    for config, sizes in by_config.items():
+        if 100 in sizes and 1000 in sizes:
+            growth = sizes[1000]["fit_peak_mb"] / sizes[100]["fit_peak_mb"] - 1
+            add(f"{config}: fit peak N=1000 within 10% of N=100 (growth)", growth, growth <= 0.10, "+.1%")
+    for row in side:
+        p, a = row.get("padim") or {}, row.get("anomalib") or {}
+        if p.get("fit_s") and a.get("fit_s"):
+            add(f"{row['config']} N={row['n']}: fit >= 3x faster than anomalib", a["fit_s"] / p["fit_s"], a["fit_s"] >= 3 * p["fit_s"])
+            ratio = p["fit_peak_mb"] / a["fit_peak_mb"]
+            add(f"{row['config']} N={row['n']}: fit peak <= 1/3 of anomalib's", ratio, ratio <= 1 / 3)
+    return "\n".join(lines)
+
+
 def table(rows: list[dict]) -> str:
     head = ("| config | weights | N | d | backbone img/s | fit img/s | fit/backbone | predict img/s | predict/backbone "
             "| fit peak MB | predict peak MB | model MB | float16 MB |")
@@ -144,6 +202,7 @@ def main() -> None:
     parser.add_argument("--cache", default="/tmp/padim-speed-images")
     parser.add_argument("--out", default=str(HERE / "results" / "speed.json"))
     parser.add_argument("--half-check", action="store_true")
+    parser.add_argument("--anomalib-python", help="python of an environment with anomalib: side-by-side columns")
     parser.add_argument("--worker", nargs=2, metavar=("CONFIG", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -166,8 +225,11 @@ def main() -> None:
             rows.append(json.loads(run.stdout.strip().splitlines()[-1]))
             print(table(rows[-1:]).splitlines()[-1], flush=True)
     print(table(rows))
+    side = anomalib_rows(args.configs.split(","), [int(v) for v in args.n.split(",")], args.anomalib_python,
+                         Path(args.cache)) if args.anomalib_python else []
+    print(targets(rows, side))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(rows, indent=2))
+    Path(args.out).write_text(json.dumps({"rows": rows, "anomalib_side": side}, indent=2))
 
 
 if __name__ == "__main__":

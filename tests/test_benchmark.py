@@ -122,3 +122,44 @@ def test_unknown_config_and_wrong_root_exit_2(tmp_path: Path, capsys) -> None:
 
 def test_mvtec_loader_orders_official_categories(mini_mvtec: Path) -> None:
     assert [s.name for s in mvtec(mini_mvtec)] == ["carpet", "bottle"]
+
+
+def test_baselines_run_beside_padim_with_a_combined_table(mini_mvtec: Path, tmp_path: Path, capsys) -> None:
+    # SPADE on random WR50 weights and a 1-epoch VAE: the point is the plumbing, not the numbers.
+    assert main(["benchmark", "mvtec", "--root", str(mini_mvtec), "--method", "padim,spade,vae", "--vae-epochs", "1",
+                 "--vae-images", "8", "--checkpoints", str(tmp_path / "ckpt"), "-o", str(tmp_path / "out"), *FAST]) == 0
+    out = capsys.readouterr().out
+    combined = out[out.index("Methods side by side"):]
+    carpet = next(line for line in combined.splitlines() if line.startswith("| carpet |"))
+    cells = [c.strip() for c in carpet.strip("|").split("|")]
+    # category, then per method: ours, paper (pixel AUROC), ours, paper (AU-PRO): Table III carpet values
+    assert cells[2] == "98.9" and cells[4] == "96.0"  # PaDiM-R18-Rd100
+    assert cells[6] == "97.5" and cells[8] == "94.7"  # SPADE
+    assert cells[10] == "59.7" and cells[12] == "61.9"  # VAE
+    assert all(0.0 <= float(cells[i]) <= 100.0 for i in (1, 3, 5, 7, 9, 11))
+    saved = json.loads((tmp_path / "out" / "mvtec-combined.json").read_text())
+    assert [m["config"]["method"] for m in saved["methods"]] == ["padim", "spade", "vae"]
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["vae-bottle-seed0.safetensors",
+                                                                     "vae-carpet-seed0.safetensors"]
+    spade = json.loads((tmp_path / "out" / "mvtec-spade.json").read_text())
+    assert spade["paper"]["table"] == "table_III" and spade["config"]["backbone"] == "wide_resnet50_2"
+
+
+def test_spade_image_score_is_its_knn_distance_not_the_map_maximum(mini_mvtec: Path) -> None:
+    split = mvtec_category(mini_mvtec, "carpet")
+    options = Options(weights="random", image_size=64, crop_size=None, batch_size=16)
+    result = run_category(CONFIGS["spade"], split, options)
+    [model] = _models(CONFIGS["spade"], options, seed=0)
+    pred = model.fit(split.train).predict(split.test_images)
+    assert not np.allclose(pred.scores, pred.maps.reshape(len(pred.maps), -1).max(axis=1))
+    from padim.metrics import image_auroc
+
+    labels = [s.label for s in split.test]
+    assert result.metrics["image_auroc"] == pytest.approx(image_auroc(labels, pred.scores), abs=1e-12)
+
+
+def test_vae_refuses_the_non_aligned_protocol(mini_mvtec: Path) -> None:
+    from padim.errors import PadimError
+
+    with pytest.raises(PadimError, match="non-aligned"):
+        run_category(CONFIGS["vae"], mvtec_category(mini_mvtec, "carpet"), Options(weights="random", non_aligned=True))
