@@ -40,9 +40,26 @@ def symmetric_from_lower(packed: torch.Tensor, dim: int) -> torch.Tensor:
     return lower + lower.tril(-1).transpose(1, 2)
 
 
-def _position_chunk(dim: int, budget: int = 1 << 23) -> int:
-    """Positions per chunk so that one chunk of d x d float64 matrices stays near 64 MB."""
-    return max(1, budget // (dim * dim))
+def row_blocks(dim: int) -> list[tuple[int, int, int]]:
+    """(first row, end row, offset) of the row blocks in which GaussianStats stores a lower triangle.
+
+    Block [r0, r1) keeps rows r0..r1-1 and columns 0..r1-1 as one contiguous (r1 - r0) x r1
+    rectangle, so one batched product per block updates it in place: about 56% of the full
+    matrix for eight blocks, with no gather (packing element by element cost 3x the time).
+    """
+    size = max(16, math.ceil(dim / 8))
+    blocks, offset = [], 0
+    for r0 in range(0, dim, size):
+        r1 = min(dim, r0 + size)
+        blocks.append((r0, r1, offset))
+        offset += (r1 - r0) * r1
+    return blocks
+
+
+def triangle_size(dim: int) -> int:
+    """Numbers stored per position for a d x d symmetric matrix in row blocks."""
+    r0, r1, offset = row_blocks(dim)[-1]
+    return offset + (r1 - r0) * r1
 
 
 @dataclass
@@ -51,13 +68,13 @@ class GaussianStats:
 
     Batches and partial statistics are combined with the pairwise update of Chan, Golub and
     LeVeque (1979): exact in any order, and free of the cancellation a raw sum of squares suffers
-    when features have a large offset. The symmetric scatter is kept as packed lower triangles:
-    half the memory of full matrices (3.8 GB instead of 7.6 GB for WR50-Rd550 at 224 px).
+    when features have a large offset. The symmetric scatter keeps only its lower triangle, in
+    row blocks (see row_blocks): 4.3 GB instead of 7.6 GB for WR50-Rd550 at 224 px.
     """
 
     n: int
     mean: torch.Tensor  # (P, d) float64
-    scatter: torch.Tensor  # (P, d(d+1)/2) float64, packed lower triangles (see pack_lower)
+    scatter: torch.Tensor  # (P, triangle_size(d)) float64, lower triangles in row blocks
 
     @classmethod
     def empty(cls, n_positions: int, dim: int, device: torch.device | str = "cpu") -> "GaussianStats":
@@ -65,13 +82,45 @@ class GaussianStats:
         return cls(
             0,
             torch.zeros(n_positions, dim, dtype=STATS_DTYPE, device=device),
-            torch.zeros(n_positions, dim * (dim + 1) // 2, dtype=STATS_DTYPE, device=device),
+            torch.zeros(n_positions, triangle_size(dim), dtype=STATS_DTYPE, device=device),
         )
+
+    @classmethod
+    def from_packed(cls, n: int, mean: torch.Tensor, packed: torch.Tensor, chunk: int = 256) -> "GaussianStats":
+        """Statistics from a mean and packed lower-triangle scatters (the model file's layout)."""
+        stats = cls.empty(mean.shape[0], mean.shape[1], mean.device)
+        stats.n = n
+        stats.mean.copy_(mean)
+        for start in range(0, mean.shape[0], chunk):
+            full = symmetric_from_lower(packed[start : start + chunk].to(stats.scatter), stats.dim)
+            for (r0, r1, _), view in zip(row_blocks(stats.dim), stats._block_views(slice(start, start + chunk))):
+                view.copy_(full[:, r0:r1, :r1])
+        return stats
 
     @property
     def dim(self) -> int:
         """Embedding dimension d."""
         return int(self.mean.shape[1])
+
+    def _block_views(self, positions: slice = slice(None)) -> list[torch.Tensor]:
+        """Writable (P, r1 - r0, r1) views of the stored row blocks."""
+        rows = self.scatter[positions]
+        return [rows[:, off : off + (r1 - r0) * r1].view(rows.shape[0], r1 - r0, r1)
+                for r0, r1, off in row_blocks(self.dim)]
+
+    def scatter_matrices(self, positions: slice = slice(None)) -> torch.Tensor:
+        """Full symmetric (P, d, d) scatter matrices of some positions."""
+        views = self._block_views(positions)
+        full = torch.zeros(views[0].shape[0], self.dim, self.dim, dtype=self.scatter.dtype, device=self.scatter.device)
+        for (r0, r1, _), view in zip(row_blocks(self.dim), views):
+            full[:, r0:r1, :r1] = view
+        lower = full.tril_()
+        return lower + lower.tril(-1).transpose(1, 2)
+
+    def packed_scatter(self, chunk: int = 256) -> torch.Tensor:
+        """The scatter as packed lower triangles (P, d(d+1)/2), the model file's layout."""
+        return torch.cat([pack_lower(self.scatter_matrices(slice(s, s + chunk)))
+                          for s in range(0, self.mean.shape[0], chunk)])
 
     def update(self, x: torch.Tensor) -> None:
         """Add a batch of embeddings given as (P, B, d)."""
@@ -90,7 +139,7 @@ class GaussianStats:
         """Chan et al. update with n_b samples of mean mean_b (and, for a batch, its centred samples).
 
         scatter += C^T C + (n_a n_b / n) delta delta^T is done as one product [C; s delta]^T [C; s delta]
-        with s = sqrt(n_a n_b / n), position chunk by position chunk, keeping the lower triangle.
+        with s = sqrt(n_a n_b / n), in place, one row block at a time.
         """
         if n_b == 0:
             return
@@ -99,12 +148,8 @@ class GaussianStats:
         rows = delta[:, None, :] * math.sqrt(n_a * n_b / n)
         if centred_b is not None:
             rows = torch.cat([centred_b, rows], dim=1)
-        n_pos, dim = self.mean.shape
-        flat, step = tril_flat_index(dim, rows.device), _position_chunk(dim)
-        for start in range(0, n_pos, step):
-            block = rows[start : start + step]
-            products = torch.bmm(block.transpose(1, 2), block).view(block.shape[0], dim * dim)
-            self.scatter[start : start + step].add_(products[:, flat])
+        for (r0, r1, _), view in zip(row_blocks(self.dim), self._block_views()):
+            view.baddbmm_(rows[:, :, r0:r1].transpose(1, 2), rows[:, :, :r1])
         self.mean.add_(delta, alpha=n_b / n)
         self.n = n
 
@@ -112,7 +157,7 @@ class GaussianStats:
         """Regularised covariance scatter/(N-1) + eps*I (Eq. 1); with a single sample it is eps*I."""
         if self.n == 0:
             raise PadimError("no training images: the Gaussians are undefined")
-        scatter = symmetric_from_lower(self.scatter[positions], self.dim)
+        scatter = self.scatter_matrices(positions)
         cov = scatter.div_(self.n - 1) if self.n > 1 else scatter.zero_()
         return cov.add_(eps * torch.eye(self.dim, dtype=cov.dtype, device=cov.device))
 

@@ -441,7 +441,7 @@ class PaDiM:
         if statistics:
             if self.stats_ is None:
                 raise PadimError("this model has no statistics to save (it was loaded without them)")
-            tensors["scatter"] = self.stats_.scatter
+            tensors["scatter"] = self.stats_.packed_scatter()
         write_model(path, tensors, meta)
 
     @classmethod
@@ -530,7 +530,7 @@ class PaDiM:
         mean = tensors["mean"].to(self.device)
         self.stats_ = None
         if meta.get("statistics"):
-            self.stats_ = GaussianStats(n, mean.clone(), tensors["scatter"].to(self.device))
+            self.stats_ = GaussianStats.from_packed(n, mean, tensors.pop("scatter").to(self.device))
         self.n_samples_seen_ = n
         self.mean_ = mean
         self.precision_cholesky_ = unpack_lower(tensors.pop("precision_cholesky").to(self.device), d, torch.float32)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from padim.errors import PadimError
-from padim.gaussian import GaussianStats, pack_lower, precision_cholesky
+from padim.gaussian import GaussianStats, pack_lower, precision_cholesky, triangle_size
 
 
 def reference_cov(x: np.ndarray, eps: float) -> np.ndarray:
@@ -106,14 +106,20 @@ def test_precision_cholesky_inverts_the_covariance_with_fewer_images_than_dimens
     assert torch.all(torch.triu(w, diagonal=1) == 0)
 
 
-def test_scatter_is_stored_as_packed_lower_triangles_and_chunked_update_is_exact(monkeypatch) -> None:
-    rng = np.random.default_rng(6)
-    x = rng.normal(size=(9, 11, 6))
-    whole = streamed(x, 4)
-    monkeypatch.setattr("padim.gaussian._position_chunk", lambda dim: 3)  # chunks of 3, 3, 3, 2 positions
-    chunked = streamed(x, 4)
-    assert whole.scatter.shape == (11, 6 * 7 // 2)
+@pytest.mark.parametrize("dim", [6, 40, 129])  # one block; 16, 16, 8 rows; eight blocks of 17 and one of 10
+def test_scatter_is_stored_in_row_blocks_and_round_trips_through_the_packed_layout(dim: int) -> None:
+    rng = np.random.default_rng(dim)
+    x = rng.normal(size=(9, 5, dim)) + 2.0
+    stats = streamed(x, 4)
+    assert stats.scatter.shape == (5, triangle_size(dim)) and triangle_size(dim) <= dim * dim
+    assert dim < 100 or triangle_size(dim) < 0.6 * dim * dim
     centred = x - x.mean(0)
-    ref = pack_lower(torch.from_numpy(np.einsum("npi,npj->pij", centred, centred)))
-    assert rel_err(chunked.scatter.numpy(), ref.numpy()) < 1e-6  # float32 inputs
-    assert torch.allclose(chunked.scatter, whole.scatter, rtol=1e-12, atol=1e-12)
+    ref = np.einsum("npi,npj->pij", centred, centred)
+    assert rel_err(stats.scatter_matrices().numpy(), ref) < 1e-6  # float32 inputs
+    packed = stats.packed_scatter(chunk=2)
+    assert torch.equal(packed, pack_lower(stats.scatter_matrices()))
+    again = GaussianStats.from_packed(stats.n, stats.mean, packed, chunk=3)
+    assert torch.equal(again.covariance(0.01), stats.covariance(0.01))
+    again.update(torch.from_numpy(x[:2]).float().permute(1, 0, 2))  # the rebuilt blocks keep accumulating
+    stats.update(torch.from_numpy(x[:2]).float().permute(1, 0, 2))
+    assert torch.allclose(again.covariance(0.01), stats.covariance(0.01), rtol=1e-12, atol=1e-12)
