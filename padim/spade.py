@@ -97,7 +97,7 @@ class Spade:
         batch_size: int = 32,
         weights: str | os.PathLike | None = None,
         seed: int = 0,
-        workers: int = 2,
+        workers: int | None = None,
         half: bool = False,
         verbose: bool = False,
     ) -> None:

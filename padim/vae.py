@@ -215,7 +215,7 @@ class VAE:
         checkpoint: str | None = None,
         device: str = "cpu",
         seed: int = 0,
-        workers: int = 2,
+        workers: int | None = None,
         verbose: bool = False,
     ) -> None:
         self.latent_channels = latent_channels

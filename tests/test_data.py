@@ -367,15 +367,26 @@ def test_to_original_inverts_the_layout_of_a_non_square_map() -> None:
 
 
 # ---------------------------------------------------------------------------------------- batching
-def test_iter_batches_sizes_names_and_original_sizes_in_input_order() -> None:
+@pytest.mark.parametrize("workers", [0, 2])  # decoded in the caller's thread, or prefetched by two threads
+def test_iter_batches_sizes_names_and_original_sizes_in_input_order(workers: int) -> None:
     sizes = [(10 + i, 20 - i) for i in range(7)]
     items = [Item(f"img{i}", np.zeros((h, w, 3), np.uint8)) for i, (h, w) in enumerate(sizes)]
     pre = Preprocess(image_size=(16, 16), crop_size=None)
-    batches = list(iter_batches(items, pre, batch_size=3, workers=2))
+    batches = list(iter_batches(items, pre, batch_size=3, workers=workers))
     assert [b.pixels.shape[0] for b in batches] == [3, 3, 1]
     assert all(b.pixels.shape[1:] == (3, 16, 16) for b in batches)
     assert [n for b in batches for n in b.names] == [f"img{i}" for i in range(7)]
     assert [s for b in batches for s in b.original_sizes] == sizes
+
+
+def test_decoding_threads_only_where_torch_leaves_cores_free(monkeypatch) -> None:
+    from padim.data import decode_threads
+
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert decode_threads(None) == 0 and decode_threads(3) == 3
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert decode_threads(None) == 2
 
 
 def test_iter_batches_pixels_follow_their_names() -> None:
