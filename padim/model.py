@@ -450,6 +450,9 @@ class PaDiM:
     ) -> "PaDiM":
         """Read a model file, rebuild its backbone and check the weights are the ones it was fitted with."""
         tensors, meta = read_model(path)
+        # The file is memory-mapped: copy what the model keeps, so that once the big factor and scatter
+        # are unpacked nothing references the mapping and its pages leave the resident set.
+        tensors = {k: v if k in ("precision_cholesky", "scatter") else v.clone() for k, v in tensors.items()}
         try:
             return cls._from_file(path, tensors, meta, weights, device, params)
         except PadimError as exc:
