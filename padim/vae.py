@@ -10,7 +10,6 @@ errors in normalised pixel space + KL divergence to N(0, I), averaged over the b
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -18,15 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from padim import paper
-from padim.atomic import atomic_write
 from padim.backbone import WeightSource, build_backbone, state_sha256
 from padim.data import Item, Preprocess, as_items, iter_batches, n_batches
 from padim.errors import PadimError
+from padim.modelfile import FileKind, read_model, write_model
 from padim.model import Prediction
 from padim.scoring import gaussian_blur, image_scores
 
@@ -34,9 +31,9 @@ STRIDE = 32  # ResNet18's layer4 stride: paper.VAE_CROP / STRIDE == paper.VAE_LA
 # Decoder widths, latent -> image: ResNet18's layer4, layer3, layer2, layer1 and stem widths, then 32.
 DECODER_WIDTHS = (512, 256, 128, 64, 64, 32)
 
-CHECKPOINT_FORMAT = "torch-padim-vae-checkpoint"
 CHECKPOINT_VERSION = 1
-_META_KEY = "padim_vae"
+CHECKPOINT = FileKind("torch-padim-vae-checkpoint", CHECKPOINT_VERSION, "padim_vae", "torch-padim VAE checkpoint",
+                      "VAE checkpoint")
 
 
 # ----------------------------------------------------------------------------- network
@@ -149,30 +146,6 @@ def augmented_batch(
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def write_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    """Write tensors and metadata (format and version added) atomically as safetensors."""
-    header = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, **meta}
-    payload = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    atomic_write(path, lambda tmp: save_file(payload, tmp, metadata={_META_KEY: json.dumps(header)}))
-
-
-def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read and check a VAE checkpoint: safetensors, our format marker, a version we understand."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get(_META_KEY)
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        meta = json.loads(raw) if raw is not None else None
-    except Exception as exc:  # noqa: BLE001 - safetensors and json raise several types for a bad file
-        raise PadimError(f"{path}: not a readable VAE checkpoint ({type(exc).__name__}: {exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
-        raise PadimError(f"{path}: not a VAE checkpoint (no {CHECKPOINT_FORMAT} metadata)")
-    if meta.get("format_version") != CHECKPOINT_VERSION:
-        raise PadimError(f"{path}: VAE checkpoint version {meta.get('format_version')!r} is not supported "
-                         f"(this version reads {CHECKPOINT_VERSION})")
-    return tensors, meta
-
-
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
     """An optimizer's per-parameter state as flat 'optimizer.<index>.<name>' tensors."""
     return {f"optimizer.{i}.{name}": value for i, state in optimizer.state_dict()["state"].items()
@@ -365,13 +338,13 @@ class VAE:
             "rng_state": generator.get_state().tolist(),
             "weights": self.weight_source_,
         }
-        write_checkpoint(self.checkpoint, tensors, meta)  # type: ignore[arg-type]
+        write_model(self.checkpoint, tensors, meta, CHECKPOINT)  # type: ignore[arg-type]
 
     def _resume(self, net: PaperVAE, optimizer: torch.optim.Optimizer, generator: torch.Generator,
                 params: dict[str, Any]) -> tuple[int, list[float]]:
         """Restore model, optimizer and RNG from the checkpoint; (epochs done, per-epoch losses)."""
         path = self.checkpoint
-        tensors, meta = read_checkpoint(path)  # type: ignore[arg-type]
+        tensors, meta = read_model(path, CHECKPOINT)  # type: ignore[arg-type]
         try:
             saved, done, losses = meta["hyper_parameters"], int(meta["epochs_done"]), list(meta["losses"])
             for key, value in params.items():
