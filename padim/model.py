@@ -16,7 +16,7 @@ from torch import nn
 from padim import paper
 from padim.calibration import DEFAULT_FPR, Calibration, PadimWarning
 from padim.backbone import DEFAULT_BACKBONE, RANDOM, Backbone, build_backbone, spec_for
-from padim.data import Batch, Preprocess, as_items, as_size, iter_batches, n_batches
+from padim.data import Batch, Preprocess, as_items, as_size, check_finite, iter_batches, n_batches
 from padim.embedding import embed, random_channels, split_by_tap
 from padim.errors import PadimError
 from padim.gaussian import GaussianStats, pack_lower, precision_cholesky, unpack_lower
@@ -250,7 +250,7 @@ class PaDiM:
     def accumulate(self, items: list, stats: GaussianStats) -> GaussianStats:
         """Add the embeddings of images to per-position statistics, batch by batch."""
         for batch, emb in self._embeddings(items, "fit"):
-            self._check_finite(emb, batch)
+            check_finite(emb, batch)
             stats.update(emb.flatten(2).permute(2, 0, 1))  # (P, B, d)
         return stats
 
@@ -265,7 +265,7 @@ class PaDiM:
         """Mean and scatter of all patch embeddings of all images, pooled over positions (for PCA)."""
         pooled: GaussianStats | None = None
         for batch, emb in self._embeddings(items, "pca"):
-            self._check_finite(emb, batch)
+            check_finite(emb, batch)
             x = emb.permute(0, 2, 3, 1).reshape(1, -1, emb.shape[1])  # every patch of every image
             pooled = pooled or GaussianStats.empty(1, x.shape[2], emb.device)
             pooled.update(x)
@@ -344,21 +344,13 @@ class PaDiM:
             for batch in bar:
                 yield batch, self.net_.embed(batch.pixels.to(self.device))
 
-    @staticmethod
-    def _check_finite(emb: torch.Tensor, batch: Batch) -> None:
-        """Refuse NaN/inf features, naming the images that produced them."""
-        bad = ~torch.isfinite(emb.flatten(1)).all(dim=1)
-        if bool(bad.any()):
-            names = [n for n, b in zip(batch.names, bad.tolist()) if b]
-            raise PadimError(f"{names[0]}: backbone produced NaN/inf features ({len(names)} image(s) in batch)")
-
     def predict_batches(self, images: Any) -> Iterator[tuple[Batch, torch.Tensor, torch.Tensor]]:
         """Yield (batch, maps (B, H, W), scores (B,)) batch by batch, for streaming large folders."""
         self._require_fitted()
         items = as_items(images)
         size = self.preprocess_.output_size
         for batch, emb in self._embeddings(items, "predict"):
-            self._check_finite(emb, batch)
+            check_finite(emb, batch)
             if tuple(emb.shape[2:]) != tuple(self.feature_shape_):
                 raise PadimError(f"{batch.names[0]}: feature grid {tuple(emb.shape[2:])} does not match "
                                  f"the model's {tuple(self.feature_shape_)}")

@@ -11,7 +11,7 @@ import torch
 
 from padim import paper
 from padim.backbone import build_backbone
-from padim.data import Batch, Preprocess, as_items, as_size, iter_batches
+from padim.data import Batch, Preprocess, as_items, as_size, check_finite, iter_batches
 from padim.errors import PadimError
 from padim.model import Prediction
 from padim.scoring import gaussian_blur, upsample
@@ -150,17 +150,9 @@ class Spade:
                     taps = self.backbone_.extractor(batch.pixels.to(self.device))
                 maps, glob = [t.float() for t in taps[:-1]], pooled(taps[-1]).float()
                 for t in (*maps, glob):
-                    self._check_finite(t, batch)
+                    check_finite(t, batch)
                 yield batch, maps, glob
                 bar.update(len(batch.names))
-
-    @staticmethod
-    def _check_finite(features: torch.Tensor, batch: Batch, what: str = "backbone produced") -> None:
-        """Refuse NaN/inf features, naming the images that produced them."""
-        bad = ~torch.isfinite(features.flatten(1)).all(dim=1)
-        if bool(bad.any()):
-            names = [n for n, b in zip(batch.names, bad.tolist()) if b]
-            raise PadimError(f"{names[0]}: {what} NaN/inf features ({len(names)} image(s) in batch)")
 
     # ----------------------------------------------------------------------------- fitting
     def fit(self, images: Any) -> "Spade":
@@ -177,7 +169,7 @@ class Spade:
             for parts, m in zip(map_parts, maps):
                 rows = patch_rows(m).to(store)
                 if self.half:
-                    self._check_finite(rows, batch, "float16 storage overflows on")
+                    check_finite(rows, batch, "float16 storage overflows on NaN/inf features")
                 parts.append(rows)
             self.feature_shapes_ = [tuple(int(s) for s in m.shape[2:]) for m in maps]
         self.global_features_ = torch.cat(glob_parts)  # (N, C) float32

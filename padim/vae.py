@@ -21,7 +21,7 @@ from torch import nn
 
 from padim import paper
 from padim.backbone import WeightSource, build_backbone, state_sha256
-from padim.data import Item, Preprocess, as_items, iter_batches, n_batches
+from padim.data import Item, Preprocess, as_items, check_finite, iter_batches, n_batches
 from padim.errors import PadimError
 from padim.modelfile import FileKind, read_model, write_model
 from padim.model import Prediction
@@ -379,10 +379,7 @@ class VAE:
             for batch in bar:
                 x = batch.pixels.to(self.device)
                 batch_maps = gaussian_blur(reconstruction_error(x, self.net_(x)[0]), self.sigma)
-                bad = ~torch.isfinite(batch_maps.flatten(1)).all(dim=1)
-                if bool(bad.any()):
-                    name = batch.names[int(bad.nonzero()[0])]
-                    raise PadimError(f"{name}: VAE reconstruction is NaN/inf (diverged training?)")
+                check_finite(batch_maps, batch, "VAE reconstruction is NaN/inf (diverged training?)")
                 names += batch.names
                 scores.append(image_scores(batch_maps).float().cpu().numpy())
                 maps.append(batch_maps.float().cpu().numpy())
