@@ -347,15 +347,15 @@ def combined_table(runs: list[tuple[Config, list[CategoryResult]]], table: str |
         caption += "; RANDOM backbone weights, not ImageNet: not comparable with the paper"
     lines = [caption, "", head, "|" + "---|" * (1 + 4 * len(rows))]
 
-    def cells(config: Config, paper_values: dict[str, list], metrics: dict[str, float] | None, name: str) -> str:
+    def cells(paper_values: dict[str, list], metrics: dict[str, float] | None, name: str) -> str:
         pa, pp = _paper_pair(paper_values, name)
         m = metrics or {}
         return " | ".join([_pct(m.get("pixel_auroc")), _num(pa), _pct(m.get("au_pro")), _num(pp)])
 
     for name in names:
-        lines.append(f"| {name} | " + " | ".join(cells(c, pv, per.get(name), name) for c, pv, per, _ in rows) + " |")
+        lines.append(f"| {name} | " + " | ".join(cells(pv, per.get(name), name) for _, pv, per, _ in rows) + " |")
     for group in groups:
-        lines.append(f"| **{group}** | " + " | ".join(cells(c, pv, means.get(group), group) for c, pv, _, means in rows) + " |")
+        lines.append(f"| **{group}** | " + " | ".join(cells(pv, means.get(group), group) for _, pv, _, means in rows) + " |")
     return "\n".join(lines) + "\n"
 
 

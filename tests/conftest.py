@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny random-weight backbone configuration and a miniature real-texture set."""
+"""Shared fixtures: a tiny random-weight backbone configuration, a miniature real-texture set, empty weight caches."""
 
 from __future__ import annotations
 
@@ -21,3 +21,19 @@ def texture_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A miniature MVTec-like category built from scikit-image's real brick photo."""
     root = tmp_path_factory.mktemp("textures")
     return make_inspection_set(root, "brick", n_train=12, n_test_good=4, n_test_defect=8, size=96, seed=1)
+
+
+@pytest.fixture
+def empty_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point the torch hub and Hugging Face caches at empty folders (the HF path is read at import time)."""
+    import huggingface_hub.constants
+
+    torch_home, hf_home = tmp_path / "torch_home", tmp_path / "hf_home"
+    torch_home.mkdir()
+    hf_home.mkdir()
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    monkeypatch.setenv("HF_HOME", str(hf_home))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hf_home / "hub"))
+    assert Path(torch.hub.get_dir()) == torch_home / "hub"
+    return tmp_path

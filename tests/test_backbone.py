@@ -185,22 +185,6 @@ def test_any_timm_model_without_layers_asks_for_them() -> None:
 
 
 # ----------------------------------------------------------------------------- offline lookup
-@pytest.fixture
-def empty_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Point the torch hub and Hugging Face caches at empty folders (the HF path is read at import time)."""
-    import huggingface_hub.constants
-
-    torch_home, hf_home = tmp_path / "torch_home", tmp_path / "hf_home"
-    torch_home.mkdir()
-    hf_home.mkdir()
-    monkeypatch.setenv("TORCH_HOME", str(torch_home))
-    monkeypatch.setenv("HF_HOME", str(hf_home))
-    monkeypatch.setattr(torch.hub, "_hub_dir", None)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hf_home / "hub"))
-    assert Path(torch.hub.get_dir()) == torch_home / "hub"
-    return tmp_path
-
-
 @pytest.mark.parametrize(
     "name, fname",
     [

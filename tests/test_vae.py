@@ -247,20 +247,6 @@ def test_bad_sizes_are_refused(texture_set: Path) -> None:
         VAE(**{**SMALL, "random_crop": 80}).fit(texture_set / "train" / "good")
 
 
-@pytest.fixture
-def empty_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Point the torch hub and Hugging Face caches at empty folders (the HF path is read at import time)."""
-    import huggingface_hub.constants
-
-    torch_home, hf_home = tmp_path / "torch_home", tmp_path / "hf_home"
-    torch_home.mkdir()
-    hf_home.mkdir()
-    monkeypatch.setenv("TORCH_HOME", str(torch_home))
-    monkeypatch.setattr(torch.hub, "_hub_dir", None)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hf_home / "hub"))
-    return tmp_path
-
-
 def test_missing_imagenet_weights_are_an_error_not_random(empty_caches: Path, texture_set: Path) -> None:
     with pytest.raises(PadimError) as err:
         VAE(**{**SMALL, "weights": None}).fit(texture_set / "train" / "good")
