@@ -36,7 +36,11 @@ def unpack_lower(packed: torch.Tensor, dim: int, dtype: torch.dtype | None = Non
 
 def symmetric_from_lower(packed: torch.Tensor, dim: int) -> torch.Tensor:
     """Rebuild symmetric (P, d, d) matrices from their packed lower triangles."""
-    lower = unpack_lower(packed, dim)
+    return mirror_lower(unpack_lower(packed, dim))
+
+
+def mirror_lower(lower: torch.Tensor) -> torch.Tensor:
+    """Symmetric matrices from (P, d, d) lower-triangular ones (zeros above the diagonal)."""
     return lower + lower.tril(-1).transpose(1, 2)
 
 
@@ -92,9 +96,9 @@ class GaussianStats:
         stats.n = n
         stats.mean.copy_(mean)
         for start in range(0, mean.shape[0], chunk):
-            full = symmetric_from_lower(packed[start : start + chunk].to(stats.scatter), stats.dim)
+            lower = unpack_lower(packed[start : start + chunk].to(stats.scatter), stats.dim)
             for (r0, r1, _), view in zip(row_blocks(stats.dim), stats._block_views(slice(start, start + chunk))):
-                view.copy_(full[:, r0:r1, :r1])
+                view.copy_(lower[:, r0:r1, :r1])
         return stats
 
     @property
@@ -114,8 +118,7 @@ class GaussianStats:
         full = torch.zeros(views[0].shape[0], self.dim, self.dim, dtype=self.scatter.dtype, device=self.scatter.device)
         for (r0, r1, _), view in zip(row_blocks(self.dim), views):
             full[:, r0:r1, :r1] = view
-        lower = full.tril_()
-        return lower + lower.tril(-1).transpose(1, 2)
+        return mirror_lower(full.tril_())  # the diagonal blocks' upper parts are redundant: dropped
 
     def packed_scatter(self, chunk: int = 256) -> torch.Tensor:
         """The scatter as packed lower triangles (P, d(d+1)/2), the model file's layout."""
