@@ -229,11 +229,14 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     if args.distributed and args.report:
         raise PadimError("--report needs every heat map in one process: run it without --distributed")
-    dist = _join_process_group(args) if args.distributed else None
+    from padim import distributed  # its helpers act for a single process outside torchrun
+
+    if args.distributed:
+        distributed.init_from_env(args.device)
     model = PaDiM.load(args.model, weights=args.weights, device=args.device,
                        batch_size=args.batch_size, verbose=not args.quiet)
     paths = _expand_inputs(args.inputs)
-    indices = dist.shard_indices(len(paths)) if dist else list(range(len(paths)))
+    indices = distributed.shard_indices(len(paths))
     out = Path(args.output)
     try:
         (out / "overlays").mkdir(parents=True, exist_ok=True)
@@ -252,7 +255,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     if not args.no_overlays:
         low = min((float(m.min()) for m in pred.maps), default=np.inf) if pred else np.inf
         high = max((float(m.max()) for m in pred.maps), default=-np.inf) if pred else -np.inf
-        vmin, vmax = dist.global_range(low, high) if dist else (low, high)
+        vmin, vmax = distributed.global_range(low, high)
         for k, i in enumerate(indices):
             name, amap = pred.names[k], pred.maps[k]
             rgb = (read_image(name).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
@@ -264,7 +267,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         for k, (i, mask) in enumerate(zip(indices, pred.masks)):
             rows[k]["mask"] = f"masks/{i:04d}_{Path(rows[k]['image']).stem}.png"
             save_png(out / rows[k]["mask"], np.repeat(mask[:, :, None].astype(np.uint8) * 255, 3, axis=2))
-    all_rows = dist.gather_rows(list(zip(indices, rows))) if dist else list(zip(indices, rows))
+    all_rows = distributed.gather_rows(list(zip(indices, rows)))
     if all_rows is None:  # not rank 0: rank 0 writes the tables
         return
     rows = [row for _, row in sorted(all_rows, key=lambda pair: pair[0])]
@@ -276,15 +279,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
                      threshold_note=given_note(model, args.image_threshold, args.pixel_threshold))
     n_overlays = sum("overlay" in r for r in rows)
     print(f"scored {len(rows)} images -> {out}/scores.csv, scores.json" + (", report.html" if args.report else "")
-          + (f", {n_overlays} overlays" if n_overlays else "") + (" (sharded over processes)" if dist else ""))
-
-
-def _join_process_group(args: argparse.Namespace) -> Any:
-    """Join torchrun's process group; the padim.distributed module for the caller."""
-    from padim import distributed
-
-    distributed.init_from_env(args.device)
-    return distributed
+          + (f", {n_overlays} overlays" if n_overlays else "") + (" (sharded over processes)" if args.distributed else ""))
 
 
 def _write_scores(out: Path, rows: list[dict[str, Any]], args: argparse.Namespace, model: Any, pred: Any) -> None:
