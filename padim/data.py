@@ -330,7 +330,7 @@ def _batch(chunk: list[Item], results: list[tuple[torch.Tensor, Size]]) -> Batch
 
 def check_finite(values: torch.Tensor, batch: Batch, problem: str = "backbone produced NaN/inf features") -> None:
     """Refuse a batch whose per-image values hold NaN/inf, naming the first image concerned."""
-    bad = ~torch.isfinite(values.flatten(1)).all(dim=1)
+    bad = ~torch.isfinite(values.reshape(len(batch.names), -1)).all(dim=1)
     if bool(bad.any()):
         names = [n for n, b in zip(batch.names, bad.tolist()) if b]
         raise PadimError(f"{names[0]}: {problem} ({len(names)} image(s) in batch)")

@@ -44,3 +44,35 @@ def embed(maps: list[torch.Tensor], kept: list[torch.Tensor]) -> torch.Tensor:
             part = F.interpolate(part, size=grid, mode="nearest")
         parts.append(part)
     return torch.cat(parts, dim=1)
+
+
+def nearest_index(n_in: int, n_out: int) -> torch.Tensor:
+    """Source index of each of n_out positions under PyTorch's 'nearest' resize of n_in positions."""
+    src = torch.arange(n_in, dtype=torch.float32).view(1, 1, n_in, 1)
+    return F.interpolate(src, size=(n_out, 1), mode="nearest").view(n_out).long()
+
+
+def embed_positions(maps: list[torch.Tensor], kept: list[torch.Tensor]) -> torch.Tensor:
+    """The embeddings of `embed`, positions first: (h*w, B, d), the layout the per-position Gaussians use.
+
+    The nearest-neighbour upsampling of a deeper map is a repeat of each patch over an s x s block
+    of the first grid; for integer ratios it is written as a broadcast copy (no resize kernel, no
+    intermediate upsampled map), otherwise as a gather with PyTorch's nearest indices.
+    """
+    b = maps[0].shape[0]
+    h, w = maps[0].shape[-2:]
+    parts = []
+    for fmap, idx in zip(maps, kept):
+        if idx.numel() == 0:
+            continue
+        part = fmap.index_select(1, idx.to(fmap.device)) if idx.numel() < fmap.shape[1] else fmap
+        fh, fw, c = part.shape[2], part.shape[3], part.shape[1]
+        grid = part.permute(2, 3, 0, 1)  # (fh, fw, B, c)
+        if h % fh == 0 and w % fw == 0:
+            sh, sw = h // fh, w // fw
+            grid = grid[:, None, :, None].expand(fh, sh, fw, sw, b, c)
+        else:
+            grid = grid.index_select(0, nearest_index(fh, h).to(grid.device))
+            grid = grid.index_select(1, nearest_index(fw, w).to(grid.device))
+        parts.append(grid.reshape(h * w, b, c))
+    return torch.cat(parts, dim=2)

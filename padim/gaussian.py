@@ -18,15 +18,21 @@ def tril_flat_index(dim: int, device: torch.device | str = "cpu") -> torch.Tenso
     return rows * dim + cols
 
 
-def pack_lower(matrices: torch.Tensor) -> torch.Tensor:
-    """The lower triangles of (P, d, d) matrices as (P, d(d+1)/2), row by row."""
+def pack_lower(matrices: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """The lower triangles of (P, d, d) matrices as (P, d(d+1)/2), row by row (chunked: views may be strided)."""
     dim = matrices.shape[-1]
-    return matrices.reshape(matrices.shape[0], dim * dim)[:, tril_flat_index(dim, matrices.device)]
+    flat = tril_flat_index(dim, matrices.device)
+    return torch.cat([m.reshape(m.shape[0], dim * dim)[:, flat] for m in matrices.split(chunk)])
 
 
-def unpack_lower(packed: torch.Tensor, dim: int, dtype: torch.dtype | None = None, chunk: int = 256) -> torch.Tensor:
-    """Inverse of pack_lower (zeros above the diagonal), filled chunk by chunk to bound the working memory."""
-    flat = tril_flat_index(dim, packed.device)
+def unpack_lower(packed: torch.Tensor, dim: int, dtype: torch.dtype | None = None, chunk: int = 256,
+                 transpose: bool = False) -> torch.Tensor:
+    """Inverse of pack_lower (zeros above the diagonal), filled chunk by chunk to bound the working memory.
+
+    transpose=True fills the transposed (upper-triangular) matrices directly, without a second copy.
+    """
+    rows, cols = torch.tril_indices(dim, dim, device=packed.device)
+    flat = cols * dim + rows if transpose else rows * dim + cols
     out = torch.zeros(packed.shape[0], dim, dim, dtype=dtype or packed.dtype, device=packed.device)
     view = out.view(packed.shape[0], dim * dim)
     for start in range(0, packed.shape[0], chunk):
@@ -127,9 +133,14 @@ class GaussianStats:
 
     def update(self, x: torch.Tensor) -> None:
         """Add a batch of embeddings given as (P, B, d)."""
-        x64 = torch.empty(x.shape, dtype=STATS_DTYPE, device=x.device).copy_(x)  # one contiguous copy
-        batch_mean = x64.mean(dim=1)
-        self._combine(x.shape[1], batch_mean, x64.sub_(batch_mean[:, None, :]))
+        p, b, d = x.shape
+        # One float64 buffer holds the centred batch and, in its last row, the mean-correction row
+        # of _combine, so the scatter update is one product per row block with no concatenation.
+        rows = torch.empty(p, b + 1, d, dtype=STATS_DTYPE, device=x.device)
+        batch = rows[:, :b].copy_(x)
+        batch_mean = batch.mean(dim=1)
+        batch.sub_(batch_mean[:, None, :])
+        self._combine(b, batch_mean, rows)
 
     def merge(self, other: "GaussianStats") -> None:
         """Add another set of statistics over the same positions and dimensions."""
@@ -138,8 +149,8 @@ class GaussianStats:
         self.scatter.add_(other.scatter.to(self.scatter.device))
         self._combine(other.n, other.mean.to(self.mean.device), None)
 
-    def _combine(self, n_b: int, mean_b: torch.Tensor, centred_b: torch.Tensor | None) -> None:
-        """Chan et al. update with n_b samples of mean mean_b (and, for a batch, its centred samples).
+    def _combine(self, n_b: int, mean_b: torch.Tensor, rows: torch.Tensor | None) -> None:
+        """Chan et al. update with n_b samples of mean mean_b; for a batch, rows = its centred samples + 1 free row.
 
         scatter += C^T C + (n_a n_b / n) delta delta^T is done as one product [C; s delta]^T [C; s delta]
         with s = sqrt(n_a n_b / n), in place, one row block at a time.
@@ -148,9 +159,10 @@ class GaussianStats:
             return
         n_a, n = self.n, self.n + n_b
         delta = mean_b - self.mean
-        rows = delta[:, None, :] * math.sqrt(n_a * n_b / n)
-        if centred_b is not None:
-            rows = torch.cat([centred_b, rows], dim=1)
+        if rows is None:
+            rows = delta[:, None, :] * math.sqrt(n_a * n_b / n)
+        else:
+            torch.mul(delta, math.sqrt(n_a * n_b / n), out=rows[:, -1])
         for (r0, r1, _), view in zip(row_blocks(self.dim), self._block_views()):
             view.baddbmm_(rows[:, :, r0:r1].transpose(1, 2), rows[:, :, :r1])
         self.mean.add_(delta, alpha=n_b / n)
@@ -158,27 +170,41 @@ class GaussianStats:
 
     def covariance(self, eps: float, positions: slice = slice(None)) -> torch.Tensor:
         """Regularised covariance scatter/(N-1) + eps*I (Eq. 1); with a single sample it is eps*I."""
+        return mirror_lower(self.lower_covariance(eps, positions))
+
+    def lower_covariance(self, eps: float, positions: slice = slice(None)) -> torch.Tensor:
+        """The lower triangles (and diagonal blocks) of `covariance`, zeros elsewhere: what Cholesky reads."""
         if self.n == 0:
             raise PadimError("no training images: the Gaussians are undefined")
-        scatter = self.scatter_matrices(positions)
-        cov = scatter.div_(self.n - 1) if self.n > 1 else scatter.zero_()
-        return cov.add_(eps * torch.eye(self.dim, dtype=cov.dtype, device=cov.device))
+        views = self._block_views(positions)
+        cov = torch.zeros(views[0].shape[0], self.dim, self.dim, dtype=self.scatter.dtype, device=self.scatter.device)
+        if self.n > 1:
+            for (r0, r1, _), view in zip(row_blocks(self.dim), views):
+                torch.div(view, self.n - 1, out=cov[:, r0:r1, :r1])
+        cov.diagonal(dim1=1, dim2=2).add_(eps)
+        return cov.tril_()
 
 
-def precision_cholesky(stats: GaussianStats, eps: float, chunk: int = 256) -> torch.Tensor:
-    """Inverse Cholesky factor W = L^-1 of every covariance (so precision = W^T W), as float32.
+def precision_factor(stats: GaussianStats, eps: float, chunk: int = 256) -> torch.Tensor:
+    """U = W^T (upper triangular, float32, contiguous) with W = L^-1, so that precision = W^T W = U U^T.
 
     Cholesky rather than LU: the covariances are symmetric positive definite, and batched LU
     inversion is unstable for them when N < d (torch 2.14 reports bogus pivots with >1 thread).
-    Positions are processed in chunks to bound the float64 working memory.
+    U is what scoring multiplies by (row vectors x U), so it is stored in that layout. Positions
+    are processed in chunks to bound the float64 working memory.
     """
     n_pos, dim = stats.mean.shape
     out = torch.empty(n_pos, dim, dim, dtype=torch.float32, device=stats.mean.device)
     for start in range(0, n_pos, chunk):
         sl = slice(start, min(start + chunk, n_pos))
-        lower, info = torch.linalg.cholesky_ex(stats.covariance(eps, sl))
+        lower, info = torch.linalg.cholesky_ex(stats.lower_covariance(eps, sl))
         if int(info.max()) > 0:
             raise PadimError("covariance is not positive definite: the features contain NaN/inf or eps is too small")
         eye = torch.eye(dim, dtype=lower.dtype, device=lower.device).expand_as(lower)
-        out[sl] = torch.linalg.solve_triangular(lower, eye, upper=False)
+        out[sl] = torch.linalg.solve_triangular(lower.mT, eye, upper=True)  # L^-T = W^T
     return out
+
+
+def precision_cholesky(stats: GaussianStats, eps: float, chunk: int = 256) -> torch.Tensor:
+    """Inverse Cholesky factor W = L^-1 of every covariance (so precision = W^T W), as float32 (a view of U^T)."""
+    return precision_factor(stats, eps, chunk).transpose(1, 2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import sys
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,44 +18,75 @@ from padim import paper
 from padim.calibration import DEFAULT_FPR, Calibration, PadimWarning
 from padim.backbone import DEFAULT_BACKBONE, RANDOM, Backbone, build_backbone, spec_for
 from padim.data import Batch, Preprocess, as_items, as_size, check_finite, iter_batches, n_batches
-from padim.embedding import embed, random_channels, split_by_tap
+from padim.embedding import random_channels, split_by_tap
+from padim.engine import AUTO, Engine, TapEmbedding, build_engine, resolve
 from padim.errors import PadimError
-from padim.gaussian import GaussianStats, pack_lower, precision_cholesky, unpack_lower
+from padim.gaussian import GaussianStats, pack_lower, precision_factor, unpack_lower
 from padim.modelfile import read_model, write_model
-from padim.scoring import anomaly_maps, image_scores, mahalanobis
+from padim.scoring import centre_, image_scores, mahalanobis, patch_distances, smooth_maps, smoothing_matrices, split_mean
 
 
 class PadimNet(nn.Module):
-    """Pure torch PaDiM: normalised (B, 3, H, W) images -> anomaly maps (B, H, W) and image scores (B,)."""
+    """Pure torch PaDiM: normalised (B, 3, H, W) images -> anomaly maps (B, H, W) and image scores (B,).
 
-    def __init__(self, backbone: Backbone, channel_indices: torch.Tensor, sigma: float) -> None:
+    Its buffers are the only copy of the fitted Gaussians: `mean` (P, d) float64 and `factor_t`
+    (P, d, d) float32, U = W^T with W = L^-1 the inverse Cholesky factor (precision = W^T W).
+    """
+
+    def __init__(self, backbone: Backbone, channel_indices: torch.Tensor, sigma: float,
+                 size: tuple[int, int]) -> None:
         super().__init__()
-        self.extractor = backbone.extractor
+        self.features = TapEmbedding(backbone.extractor, split_by_tap(channel_indices, backbone.channels))
         self.sigma = float(sigma)
-        self.kept = split_by_tap(channel_indices, backbone.channels)
+        self.size = tuple(size)
+        with torch.no_grad():
+            self.grid = tuple(backbone.extractor(torch.zeros(1, 3, *self.size))[0].shape[-2:])
+        m_h, m_w = smoothing_matrices(self.grid, self.size, self.sigma)
         self.register_buffer("mean", torch.empty(0, dtype=torch.float64))
-        self.register_buffer("prec_chol", torch.empty(0))
+        self.register_buffer("factor_t", torch.empty(0))
         self.register_buffer("projection", torch.empty(0))  # PCA components (D, d), when used
+        self.register_buffer("mean_hi", torch.empty(0), persistent=False)
+        self.register_buffer("mean_lo", torch.empty(0), persistent=False)
+        self.register_buffer("smooth_h", m_h, persistent=False)
+        self.register_buffer("smooth_w", m_w, persistent=False)
+
+    @property
+    def extractor(self) -> nn.Module:
+        """The tapped backbone."""
+        return self.features.extractor
+
+    def set_gaussians(self, mean: torch.Tensor, factor_t: torch.Tensor) -> None:
+        """Install fitted means (P, d) and factors U (P, d, d)."""
+        self.mean = mean
+        self.factor_t = factor_t
+        self.mean_hi, self.mean_lo = split_mean(mean)
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the PCA projection, if any, to positions-first (P, B, D) embeddings."""
+        return torch.matmul(x, self.projection) if self.projection.numel() else x
+
+    def embed_positions(self, x: torch.Tensor) -> torch.Tensor:
+        """Positions-first patch embeddings (P, B, d) of a normalised batch."""
+        return self.project(self.features(x))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Patch embeddings (B, d, h, w) of a normalised batch."""
-        emb = embed(self.extractor(x), self.kept)
-        if self.projection.numel():
-            emb = torch.einsum("bchw,cd->bdhw", emb, self.projection)
-        return emb
+        emb = self.embed_positions(x)
+        return emb.permute(1, 2, 0).reshape(emb.shape[1], emb.shape[2], *self.grid)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Anomaly maps at the input's size and image scores."""
-        return self.score_embedding(self.embed(x), tuple(x.shape[-2:]))
+        return self.score_positions(self.embed_positions(x))
 
-    def score_embedding(self, embedding: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Anomaly maps of the given size and image scores from patch embeddings."""
-        maps = anomaly_maps(self.patch_distances(embedding), size, self.sigma)
+    def score_positions(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Anomaly maps (B, H, W) and image scores (B,) from positions-first embeddings (centred in place)."""
+        dist = patch_distances(centre_(embedding, self.mean_hi, self.mean_lo), self.factor_t)
+        maps = smooth_maps(dist.T.reshape(embedding.shape[1], *self.grid), self.smooth_h, self.smooth_w)
         return maps, image_scores(maps)
 
     def patch_distances(self, embedding: torch.Tensor) -> torch.Tensor:
-        """Mahalanobis distance of every patch to its position's Gaussian."""
-        return mahalanobis(embedding, self.mean, self.prec_chol)
+        """Mahalanobis distance (B, h, w) of every patch of (B, d, h, w) embeddings to its position's Gaussian."""
+        return mahalanobis(embedding, self.mean, self.factor_t.transpose(1, 2))
 
 
 @dataclass
@@ -103,6 +135,9 @@ class PaDiM:
     a path reads a .pth/.safetensors file, "random" gives seeded random weights (tests only).
     `holdout` > 0 keeps that fraction of the good training images (seeded) out of the fit to set the
     thresholds at the target false-positive rate `fpr`; `calibrate()` does the same on a separate set.
+    `engine` runs the backbone ("auto": the fastest exact runtime installed, see padim.engine; or
+    "torch", "torch-fast", "onnxruntime", "openvino"); any engine predicts with a model any other fitted.
+    `threads`: CPU threads for it (None: the CPUs this process may use, from its affinity and quota).
     """
 
     def __init__(
@@ -123,6 +158,8 @@ class PaDiM:
         verbose: bool = False,
         holdout: float = 0.0,
         fpr: float = DEFAULT_FPR,
+        engine: str = AUTO,
+        threads: int | None = None,
     ) -> None:
         self.backbone = backbone
         self.layers = layers
@@ -140,6 +177,8 @@ class PaDiM:
         self.verbose = verbose
         self.holdout = holdout
         self.fpr = fpr
+        self.engine = engine
+        self.threads = threads
 
     # ----------------------------------------------------------------------------- set-up
     @property
@@ -156,6 +195,9 @@ class PaDiM:
         if self.sigma < 0:
             raise PadimError(f"sigma must be >= 0, got {self.sigma!r}")
         self.preprocess_  # noqa: B018 - validates sizes
+        resolve(self.engine, self.device)
+        if self.threads is not None and not (isinstance(self.threads, int) and self.threads >= 1):
+            raise PadimError(f"threads must be a positive integer or None, got {self.threads!r}")
 
     def _init_network(self) -> None:
         """Build the backbone and draw the Rd channels (once, before the first batch)."""
@@ -174,7 +216,8 @@ class PaDiM:
             self.n_components_ = int(n_features)
             n_features = None
         self.channel_indices_ = random_channels(n_total, n_features, self.seed)  # type: ignore[arg-type]
-        self.net_ = PadimNet(backbone, self.channel_indices_, self.sigma).to(self.device)
+        self.net_ = PadimNet(backbone, self.channel_indices_, self.sigma, self.preprocess_.output_size).to(self.device)
+        self.engine_: Engine | None = None
         self.components_: torch.Tensor | None = None
         self.stats_: GaussianStats | None = None
         self.n_samples_seen_ = 0
@@ -241,17 +284,16 @@ class PaDiM:
 
     def empty_stats(self) -> GaussianStats:
         """Zero statistics of the right shape (one probe forward pass gives the feature grid)."""
-        h, w = self.preprocess_.output_size
-        with torch.no_grad():
-            emb = self.net_.embed(torch.zeros(1, 3, h, w, device=self.device))
-        self.feature_shape_ = (int(emb.shape[2]), int(emb.shape[3]))
-        return GaussianStats.empty(emb.shape[2] * emb.shape[3], emb.shape[1], emb.device)
+        self.feature_shape_ = self.net_.grid
+        d = self.n_components_ if self.reduction == "pca" else int(self.channel_indices_.numel())
+        return GaussianStats.empty(self.net_.grid[0] * self.net_.grid[1], d, self.device)
 
     def accumulate(self, items: list, stats: GaussianStats) -> GaussianStats:
         """Add the embeddings of images to per-position statistics, batch by batch."""
         for batch, emb in self._embeddings(items, "fit"):
-            check_finite(emb, batch)
-            stats.update(emb.flatten(2).permute(2, 0, 1))  # (P, B, d)
+            # A NaN/inf anywhere in an image's embedding makes its sum non-finite: one reduction, not a mask.
+            check_finite(emb.sum(dim=(0, 2)), batch)
+            stats.update(emb)
         return stats
 
     def _discard_calibration(self) -> None:
@@ -265,8 +307,8 @@ class PaDiM:
         """Mean and scatter of all patch embeddings of all images, pooled over positions (for PCA)."""
         pooled: GaussianStats | None = None
         for batch, emb in self._embeddings(items, "pca"):
-            check_finite(emb, batch)
-            x = emb.permute(0, 2, 3, 1).reshape(1, -1, emb.shape[1])  # every patch of every image
+            check_finite(emb.sum(dim=(0, 2)), batch)
+            x = emb.reshape(1, -1, emb.shape[2])  # every patch of every image
             pooled = pooled or GaussianStats.empty(1, x.shape[2], emb.device)
             pooled.update(x)
         return pooled or GaussianStats.empty(1, int(self.channel_indices_.numel()), self.device)
@@ -313,10 +355,19 @@ class PaDiM:
         assert self.stats_ is not None
         self.n_samples_seen_ = self.stats_.n
         self.created_ = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        self.mean_ = self.stats_.mean.clone()
-        self.precision_cholesky_ = precision_cholesky(self.stats_, float(self.eps))
-        self.net_.mean = self.mean_
-        self.net_.prec_chol = self.precision_cholesky_
+        self.net_.set_gaussians(self.stats_.mean.clone(), precision_factor(self.stats_, float(self.eps)))
+
+    @property
+    def mean_(self) -> torch.Tensor:
+        """Per-position means (P, d), float64 (the network's buffer)."""
+        self._require_fitted()
+        return self.net_.mean
+
+    @property
+    def precision_cholesky_(self) -> torch.Tensor:
+        """Inverse Cholesky factors W (P, d, d), precision = W^T W: a view of the network's U = W^T."""
+        self._require_fitted()
+        return self.net_.factor_t.transpose(1, 2)
 
     @property
     def embedding_dim_(self) -> int:
@@ -333,29 +384,43 @@ class PaDiM:
         return self.stats_.covariance(float(self.eps))
 
     # ----------------------------------------------------------------------------- prediction
+    def engine_for_device(self) -> Engine:
+        """The engine running the backbone (built on first use: 'auto' measures nothing, it checks exactness)."""
+        if getattr(self, "engine_", None) is None:
+            self.engine_ = build_engine(self.net_.features, self.preprocess_.output_size, self.engine,
+                                        self.device, self.threads)
+            if self.verbose:
+                print(f"engine: {self.engine_.describe()}", file=sys.stderr)
+        return self.engine_
+
     def _embeddings(self, items: list, what: str) -> Iterator[tuple[Batch, torch.Tensor]]:
-        """Embeddings of every batch, with a progress bar when verbose."""
+        """Positions-first embeddings (P, B, d) of every batch, with a progress bar when verbose."""
         from tqdm.auto import tqdm
 
+        engine = self.engine_for_device()
         batches = iter_batches(items, self.preprocess_, self.batch_size, self.workers)
         bar = tqdm(batches, total=n_batches(len(items), self.batch_size), desc=what, unit="batch",
                    disable=not self.verbose, leave=False)
         with torch.no_grad():
             for batch in bar:
-                yield batch, self.net_.embed(batch.pixels.to(self.device))
+                yield batch, self.net_.project(engine(batch.pixels).to(self.device))
+
+    def transform(self, images: Any) -> np.ndarray:
+        """Patch embeddings (N, d, h, w) of images, float32 (Rd channels, or PCA components once fitted)."""
+        parts = [emb.permute(1, 2, 0).reshape(emb.shape[1], emb.shape[2], *self.net_.grid).cpu().numpy()
+                 for _, emb in self._embeddings(as_items(images), "embed")]
+        return np.concatenate(parts)
 
     def predict_batches(self, images: Any) -> Iterator[tuple[Batch, torch.Tensor, torch.Tensor]]:
         """Yield (batch, maps (B, H, W), scores (B,)) batch by batch, for streaming large folders."""
         self._require_fitted()
         items = as_items(images)
-        size = self.preprocess_.output_size
         for batch, emb in self._embeddings(items, "predict"):
-            check_finite(emb, batch)
-            if tuple(emb.shape[2:]) != tuple(self.feature_shape_):
-                raise PadimError(f"{batch.names[0]}: feature grid {tuple(emb.shape[2:])} does not match "
-                                 f"the model's {tuple(self.feature_shape_)}")
             with torch.no_grad():
-                maps, scores = self.net_.score_embedding(emb, size)
+                maps, scores = self.net_.score_positions(emb)
+            # NaN/inf in a patch's embedding (or in the model) reaches its image's maximum: checking the
+            # scores is equivalent to checking every embedding, at a fraction of the cost.
+            check_finite(scores, batch, "anomaly score is NaN/inf (NaN/inf features or model tensors)")
             yield batch, maps, scores
 
     def predict(self, images: Any, original_size: bool = False, image_threshold: float | None = None,
@@ -416,7 +481,7 @@ class PaDiM:
         """
         meta = self.metadata()
         meta["precision_dtype"] = "float16" if half else "float32"
-        factor = pack_lower(self.precision_cholesky_)
+        factor = pack_lower(self.precision_cholesky_)  # the file stores W's lower triangle
         tensors = {
             "mean": self.mean_,
             "precision_cholesky": factor.half() if half else factor,
@@ -515,7 +580,10 @@ class PaDiM:
             raise PadimError(f"{path}: model was fitted on {n} images")
         self.backbone_ = backbone
         self.channel_indices_ = idx
-        self.net_ = PadimNet(backbone, idx, self.sigma).to(self.device)
+        self.net_ = PadimNet(backbone, idx, self.sigma, self.preprocess_.output_size).to(self.device)
+        self.engine_ = None
+        if tuple(self.net_.grid) != (int(h), int(w)):
+            raise PadimError(f"{path}: the backbone gives a {self.net_.grid} feature grid, the file says {(h, w)}")
         self.components_ = tensors["projection"].to(self.device) if pca else None
         if pca:
             self.n_components_ = d
@@ -527,10 +595,8 @@ class PaDiM:
         if meta.get("statistics"):
             self.stats_ = GaussianStats.from_packed(n, mean, tensors.pop("scatter").to(self.device))
         self.n_samples_seen_ = n
-        self.mean_ = mean
-        self.precision_cholesky_ = unpack_lower(tensors.pop("precision_cholesky").to(self.device), d, torch.float32)
-        self.net_.mean = self.mean_
-        self.net_.prec_chol = self.precision_cholesky_
+        factor_t = unpack_lower(tensors.pop("precision_cholesky").to(self.device), d, torch.float32, transpose=True)
+        self.net_.set_gaussians(mean, factor_t)
         self.calibration_ = self._calibration_from_file(path, tensors, meta)
 
     @staticmethod

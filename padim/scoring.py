@@ -7,24 +7,50 @@ import torch.nn.functional as F
 
 from padim import paper
 
+_CHUNK_BYTES = 1 << 26  # about 64 MB of float32 products per chunk of positions
+
+
+def split_mean(mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A float64 mean as the float32 pair (hi, lo) with hi + lo = mean to about 2^-48 relative.
+
+    Centring as (x - hi) - lo in float32 then keeps the digits a float64 subtraction keeps (the
+    result is within an ulp of float64's), at float32 speed, even for features with a large offset.
+    """
+    hi = mean.to(torch.float32)
+    return hi, (mean - hi.to(mean.dtype)).to(torch.float32)
+
+
+def centre_(x: torch.Tensor, mean_hi: torch.Tensor, mean_lo: torch.Tensor) -> torch.Tensor:
+    """Subtract each position's mean from positions-first (P, B, d) embeddings, in place."""
+    return x.sub_(mean_hi[:, None, :]).sub_(mean_lo[:, None, :])
+
+
+def patch_distances(centred: torch.Tensor, factor_t: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+    """Mahalanobis distances (P, B) of centred (P, B, d) embeddings, given U = W^T (precision = W^T W).
+
+    Row b of x_p U is (W_p x_pb)^T, so one batched product per chunk of positions gives every
+    patch's whitened vector; its norm is the distance.
+    """
+    p, b, d = centred.shape
+    if torch.jit.is_tracing():  # one product: a traced loop would bake the trace's batch into the graph
+        return torch.linalg.vector_norm(torch.bmm(centred, factor_t.to(centred.dtype)), dim=-1)
+    step = chunk or max(1, _CHUNK_BYTES // (4 * b * d))
+    out = torch.empty(p, b, dtype=centred.dtype, device=centred.device)
+    z = torch.empty(min(step, p), b, d, dtype=centred.dtype, device=centred.device)
+    for start in range(0, p, step):
+        n = min(step, p - start)
+        torch.bmm(centred[start : start + n], factor_t[start : start + n].to(centred.dtype), out=z[:n])
+        torch.linalg.vector_norm(z[:n], dim=-1, out=out[start : start + n])
+    return out
+
 
 def mahalanobis(embedding: torch.Tensor, mean: torch.Tensor, prec_chol: torch.Tensor,
                 chunk: int | None = None) -> torch.Tensor:
-    """Mahalanobis distance of every patch, (B, d, h, w) -> (B, h, w), with precision = W^T W.
-
-    Centring happens in the mean's precision (float64) before the float32 product, so features
-    with a large common offset lose no digits; positions go in chunks to bound that float64 copy.
-    """
+    """Mahalanobis distance of every patch, (B, d, h, w) -> (B, h, w), with precision = W^T W (W = prec_chol)."""
     b, d, h, w = embedding.shape
-    x = embedding.flatten(2).permute(2, 0, 1)  # (P, B, d)
-    step = chunk or max(1, (1 << 23) // (b * d))  # about 64 MB of float64 per chunk
-    dist = torch.empty(x.shape[0], b, dtype=prec_chol.dtype, device=x.device)
-    for start in range(0, x.shape[0], step):
-        sl = slice(start, start + step)
-        centred = (x[sl].to(mean.dtype) - mean[sl, None, :]).to(prec_chol.dtype)
-        z = torch.bmm(centred, prec_chol[sl].transpose(1, 2))  # row p, b: W_p (x_pb - mu_p)
-        dist[sl] = z.square().sum(dim=-1).sqrt()
-    return dist.T.reshape(b, h, w)
+    x = embedding.flatten(2).permute(2, 0, 1).to(torch.float32, copy=True)  # (P, B, d)
+    centre_(x, *split_mean(mean))
+    return patch_distances(x, prec_chol.transpose(1, 2), chunk).T.reshape(b, h, w)
 
 
 def gaussian_kernel(sigma: float, truncate: float = paper.GAUSSIAN_TRUNCATE) -> torch.Tensor:
@@ -35,7 +61,7 @@ def gaussian_kernel(sigma: float, truncate: float = paper.GAUSSIAN_TRUNCATE) -> 
     return k / k.sum()
 
 
-def _reflect_index(n: int, radius: int, device: torch.device) -> torch.Tensor:
+def _reflect_index(n: int, radius: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """Indices padding a length-n axis by radius in scipy's 'reflect' mode (d c b a | a b c d | d c b a)."""
     idx = torch.arange(-radius, n + radius, device=device)
     period = 2 * n
@@ -66,11 +92,44 @@ def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def anomaly_maps(
     patch_distances: torch.Tensor, size: tuple[int, int], sigma: float = paper.GAUSSIAN_SIGMA
 ) -> torch.Tensor:
-    """Full-resolution smoothed anomaly maps from (B, h, w) patch distances."""
+    """Full-resolution smoothed anomaly maps from (B, h, w) patch distances (the reference path)."""
     return gaussian_blur(upsample(patch_distances, size), sigma)
+
+
+def resize_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """(n_out, n_in) float64 matrix of PyTorch's 1-D bicubic resize (align_corners=False)."""
+    eye = torch.eye(n_in, dtype=torch.float64).view(n_in, 1, n_in, 1)
+    return F.interpolate(eye, size=(n_out, 1), mode="bicubic", align_corners=False).view(n_in, n_out).T
+
+
+def blur_matrix(n: int, sigma: float) -> torch.Tensor:
+    """(n, n) float64 matrix of the 1-D Gaussian filter with scipy's 'reflect' border."""
+    if sigma <= 0:
+        return torch.eye(n, dtype=torch.float64)
+    kernel = gaussian_kernel(sigma)
+    radius = (kernel.numel() - 1) // 2
+    cols = _reflect_index(n, radius).unfold(0, kernel.numel(), 1)  # (n, taps): sources of each output
+    out = torch.zeros(n, n, dtype=torch.float64)
+    return out.scatter_add_(1, cols, kernel.expand(n, -1).contiguous())
+
+
+def smoothing_matrices(grid: tuple[int, int], size: tuple[int, int],
+                       sigma: float = paper.GAUSSIAN_SIGMA) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M_h, M_w) with maps = M_h @ distances @ M_w^T equal to anomaly_maps (float32).
+
+    The bicubic resize and the Gaussian filter are both separable and linear along each axis, so
+    per axis they compose into one (size, grid) matrix: two small matrix products replace the
+    resize and the two 33-tap convolutions (sigma = 4) over the full-size map.
+    """
+    return tuple((blur_matrix(n_out, sigma) @ resize_matrix(n_in, n_out)).to(torch.float32)
+                 for n_in, n_out in zip(grid, size))  # type: ignore[return-value]
+
+
+def smooth_maps(distances: torch.Tensor, m_h: torch.Tensor, m_w: torch.Tensor) -> torch.Tensor:
+    """Anomaly maps (B, H, W) from (B, h, w) patch distances through smoothing_matrices."""
+    return torch.matmul(torch.matmul(m_h, distances), m_w.T)
 
 
 def image_scores(maps: torch.Tensor) -> torch.Tensor:
     """Image anomaly score: the maximum of its map."""
     return maps.flatten(1).amax(dim=1)
-

@@ -111,10 +111,24 @@ def test_zero_images_and_unfitted_use_are_clear_errors(split) -> None:
 def test_nan_features_are_refused(split, monkeypatch) -> None:
     model = PaDiM(**TINY)
     model._init_network()
-    real = model.net_.embed
-    monkeypatch.setattr(model.net_, "embed", lambda x: real(x) * float("nan"))
-    with pytest.raises(PadimError, match="NaN/inf features"):
+    engine = model.engine_for_device()
+
+    def second_image_inf(x):
+        emb = engine(x)
+        emb[5, 1:2, 3] = float("inf")  # one value of the second image of each batch
+        return emb
+
+    monkeypatch.setattr(model, "engine_", second_image_inf)
+    with pytest.raises(PadimError, match=r"001\.png: backbone produced NaN/inf features \(1 image"):
         model.partial_fit(split[0][:2])
+
+
+def test_nan_in_the_model_fails_prediction_naming_the_image(split) -> None:
+    model = PaDiM(**TINY).fit(split[0])
+    model.net_.mean[7, 0] = float("nan")
+    model.net_.set_gaussians(model.net_.mean, model.net_.factor_t)
+    with pytest.raises(PadimError, match=r"anomaly score is NaN/inf"):
+        model.predict(split[1][:2])
 
 
 def test_rd_defaults_follow_the_paper() -> None:
@@ -132,14 +146,12 @@ def test_bad_parameters_are_refused_before_reading_images() -> None:
 def test_pca_reduction_uses_the_principal_components_of_training_patches(split, tmp_path) -> None:
     from sklearn.decomposition import PCA
 
-    from padim.data import as_items
-
     model = PaDiM(**{**TINY, "reduction": "pca", "n_features": 8}).fit(split[0])
     assert model.components_.shape == (448, 8) and model.embedding_dim_ == 8
     projection, model.net_.projection = model.net_.projection, torch.empty(0)
-    patches = torch.cat([e for _, e in model._embeddings(as_items(split[0]), "raw")])
+    patches = model.transform(split[0])  # (N, 448, h, w) without the projection
     model.net_.projection = projection
-    reference = PCA(8).fit(patches.permute(0, 2, 3, 1).reshape(-1, 448).double().numpy())
+    reference = PCA(8).fit(patches.transpose(0, 2, 3, 1).reshape(-1, 448).astype(np.float64))
     alignment = np.abs(reference.components_ @ projection.double().numpy())  # identity up to signs
     assert np.allclose(alignment, np.eye(8), atol=1e-4)
     model.save(tmp_path / "pca.safetensors")

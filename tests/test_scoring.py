@@ -65,7 +65,7 @@ def test_whole_prediction_matches_float64_pipeline(texture_set) -> None:
     pred = model.predict(test)
 
     def features(paths):
-        return torch.cat([emb for _, emb in model._embeddings(as_items(paths), "features")]).double().numpy()
+        return model.transform(paths).astype(np.float64)
 
     dist = reference_distances(features(train), features(test), 0.01)
     up = F.interpolate(torch.from_numpy(dist)[:, None], size=(64, 64), mode="bicubic", align_corners=False)[:, 0].numpy()
