@@ -46,6 +46,7 @@ CPU_ORDER = ("openvino", "onnxruntime", "torch-fast", "torch")
 EXACTNESS = 1e-4
 ONNX_OPSET = 17
 _MAX_COMPILED = 6  # OpenVINO: batch sizes compiled statically at once (others share a dynamic one)
+_RING = 2  # OpenVINO: requests per compiled model, so a result outlives the next call
 
 
 class TapEmbedding(nn.Module):
@@ -71,7 +72,10 @@ class Engine:
         self.threads = threads
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """(h*w, B, d) float32 embeddings on this engine's device for a normalised batch."""
+        """(h*w, B, d) float32 embeddings on this engine's device for a normalised batch.
+
+        The result may live in the engine's own buffers: use it (or copy it) before the next-but-one call.
+        """
         raise NotImplementedError
 
     def describe(self) -> str:
@@ -102,7 +106,7 @@ class TorchEngine(Engine):
         x = x.to(self.device, non_blocking=True)
         if self.fast:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: scoring centres the embeddings in place
             return self.module(x)
 
 
@@ -146,25 +150,34 @@ class OpenVinoEngine(Engine):
                        "INFERENCE_NUM_THREADS": threads, "ENABLE_CPU_PINNING": False}
         self.compiled: OrderedDict[int, Any] = OrderedDict()
         self.dynamic: Any = None
+        self._turn = 0
 
-    def _request(self, batch: int) -> Any:
-        """An infer request for this batch size: static shapes run faster than a dynamic batch."""
+    def _requests(self, batch: int) -> list[Any]:
+        """Infer requests for this batch size: static shapes run faster than a dynamic batch."""
         if batch in self.compiled:
             self.compiled.move_to_end(batch)
             return self.compiled[batch]
         if len(self.compiled) >= _MAX_COMPILED:
             if self.dynamic is None:
-                self.dynamic = self.core.compile_model(self.model, "CPU", self.config).create_infer_request()
+                self.dynamic = self._compile(self.model)
             return self.dynamic
         model = self.model.clone()
         model.reshape({model.inputs[0]: [batch, *model.inputs[0].get_partial_shape()[1:]]})
-        self.compiled[batch] = self.core.compile_model(model, "CPU", self.config).create_infer_request()
+        self.compiled[batch] = self._compile(model)
         return self.compiled[batch]
 
+    def _compile(self, model: Any) -> list[Any]:
+        """Two infer requests of one compiled model, used in turn (see __call__)."""
+        compiled = self.core.compile_model(model, "CPU", self.config)
+        return [compiled.create_infer_request() for _ in range(_RING)]
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        request = self._request(int(x.shape[0]))
+        """Embeddings in the request's own output memory (no copy): valid until the next-but-one call."""
+        ring = self._requests(int(x.shape[0]))
+        request = ring[self._turn % len(ring)]
+        self._turn += 1
         request.infer({0: _as_numpy(x)}, share_inputs=True)
-        return torch.from_numpy(request.get_output_tensor(0).data.copy())
+        return torch.from_numpy(request.get_output_tensor(0).data)
 
     def version(self) -> str:
         return self._version.split("-")[0]

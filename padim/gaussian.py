@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from padim.cpus import parallel_slices
 from padim.errors import PadimError
 
 STATS_DTYPE = torch.float64
@@ -131,42 +133,55 @@ class GaussianStats:
         return torch.cat([pack_lower(self.scatter_matrices(slice(s, s + chunk)))
                           for s in range(0, self.mean.shape[0], chunk)])
 
-    def update(self, x: torch.Tensor) -> None:
-        """Add a batch of embeddings given as (P, B, d)."""
+    def update(self, x: torch.Tensor, chunk_bytes: int = 1 << 25) -> None:
+        """Add a batch of embeddings given as (P, B, d).
+
+        Positions go in slices (about 32 MB of float64 each), in parallel on the CPU. The scatter is
+        memory-bound (each update reads and writes all of it), so callers gain by passing large
+        batches (see BatchBuffer).
+        """
         p, b, d = x.shape
-        # One float64 buffer holds the centred batch and, in its last row, the mean-correction row
-        # of _combine, so the scatter update is one product per row block with no concatenation.
-        rows = torch.empty(p, b + 1, d, dtype=STATS_DTYPE, device=x.device)
-        batch = rows[:, :b].copy_(x)
-        batch_mean = batch.mean(dim=1)
-        batch.sub_(batch_mean[:, None, :])
-        self._combine(b, batch_mean, rows)
+
+        def update_slice(sl: slice) -> None:
+            # One float64 buffer holds the centred batch and, in its last row, the mean-correction row
+            # of _combine, so the scatter update is one product per row block with no concatenation.
+            rows = torch.empty(sl.stop - sl.start, b + 1, d, dtype=STATS_DTYPE, device=x.device)
+            batch = rows[:, :b].copy_(x[sl])
+            batch_mean = batch.mean(dim=1)
+            batch.sub_(batch_mean[:, None, :])
+            self._combine(b, batch_mean, rows, sl)
+
+        run_slices(update_slice, p, max(1, chunk_bytes // (8 * (b + 1) * d)), x.device)
+        self.n += b
 
     def merge(self, other: "GaussianStats") -> None:
         """Add another set of statistics over the same positions and dimensions."""
         if other.mean.shape != self.mean.shape or other.scatter.shape != self.scatter.shape:
             raise PadimError(f"cannot merge statistics of shape {tuple(other.mean.shape)} into {tuple(self.mean.shape)}")
         self.scatter.add_(other.scatter.to(self.scatter.device))
-        self._combine(other.n, other.mean.to(self.mean.device), None)
+        self._combine(other.n, other.mean.to(self.mean.device), None, slice(None))
+        self.n += other.n
 
-    def _combine(self, n_b: int, mean_b: torch.Tensor, rows: torch.Tensor | None) -> None:
-        """Chan et al. update with n_b samples of mean mean_b; for a batch, rows = its centred samples + 1 free row.
+    def _combine(self, n_b: int, mean_b: torch.Tensor, rows: torch.Tensor | None, positions: slice) -> None:
+        """Chan et al. update of some positions with n_b samples of mean mean_b (self.n is not changed).
 
-        scatter += C^T C + (n_a n_b / n) delta delta^T is done as one product [C; s delta]^T [C; s delta]
-        with s = sqrt(n_a n_b / n), in place, one row block at a time.
+        For a batch, rows holds its centred samples and one free row. scatter += C^T C + (n_a n_b / n)
+        delta delta^T is done as one product [C; s delta]^T [C; s delta] with s = sqrt(n_a n_b / n),
+        in place, one row block at a time.
         """
         if n_b == 0:
             return
         n_a, n = self.n, self.n + n_b
-        delta = mean_b - self.mean
+        mean = self.mean[positions]
+        delta = mean_b - mean
         if rows is None:
             rows = delta[:, None, :] * math.sqrt(n_a * n_b / n)
         else:
             torch.mul(delta, math.sqrt(n_a * n_b / n), out=rows[:, -1])
-        for (r0, r1, _), view in zip(row_blocks(self.dim), self._block_views()):
+        for (r0, r1, _), view in zip(row_blocks(self.dim), self._block_views(positions)):
             view.baddbmm_(rows[:, :, r0:r1].transpose(1, 2), rows[:, :, :r1])
-        self.mean.add_(delta, alpha=n_b / n)
-        self.n = n
+        mean.add_(delta, alpha=n_b / n)
+
 
     def covariance(self, eps: float, positions: slice = slice(None)) -> torch.Tensor:
         """Regularised covariance scatter/(N-1) + eps*I (Eq. 1); with a single sample it is eps*I."""
@@ -185,7 +200,41 @@ class GaussianStats:
         return cov.tril_()
 
 
-def precision_factor(stats: GaussianStats, eps: float, chunk: int = 256) -> torch.Tensor:
+class BatchBuffer:
+    """Collects positions-first (P, B, d) batches into one float32 block before a statistics update.
+
+    Each GaussianStats.update reads and writes the whole float64 scatter, so updating with a few
+    hundred embeddings at once instead of 32 cuts that memory traffic (the fit's bottleneck once the
+    backbone is fast) several times; the block is bounded to `max_bytes`.
+    """
+
+    def __init__(self, stats: GaussianStats, max_bytes: int = 1 << 28) -> None:
+        self.stats = stats
+        p, d = stats.mean.shape
+        self.capacity = max(1, max_bytes // (4 * p * d))
+        self.block: torch.Tensor | None = None
+        self.filled = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        """Queue a batch (copied), updating the statistics whenever the block is full."""
+        while x.shape[1]:
+            if self.block is None:
+                self.block = torch.empty(x.shape[0], self.capacity, x.shape[2], dtype=torch.float32, device=x.device)
+            take = min(x.shape[1], self.capacity - self.filled)
+            self.block[:, self.filled : self.filled + take].copy_(x[:, :take])
+            self.filled += take
+            x = x[:, take:]
+            if self.filled == self.capacity:
+                self.flush()
+
+    def flush(self) -> None:
+        """Update the statistics with what is queued."""
+        if self.filled and self.block is not None:
+            self.stats.update(self.block[:, : self.filled])
+        self.filled = 0
+
+
+def precision_factor(stats: GaussianStats, eps: float, chunk: int = 128) -> torch.Tensor:
     """U = W^T (upper triangular, float32, contiguous) with W = L^-1, so that precision = W^T W = U U^T.
 
     Cholesky rather than LU: the covariances are symmetric positive definite, and batched LU
@@ -195,14 +244,29 @@ def precision_factor(stats: GaussianStats, eps: float, chunk: int = 256) -> torc
     """
     n_pos, dim = stats.mean.shape
     out = torch.empty(n_pos, dim, dim, dtype=torch.float32, device=stats.mean.device)
-    for start in range(0, n_pos, chunk):
-        sl = slice(start, min(start + chunk, n_pos))
+    failed = []
+
+    def factor_slice(sl: slice) -> None:
         lower, info = torch.linalg.cholesky_ex(stats.lower_covariance(eps, sl))
         if int(info.max()) > 0:
-            raise PadimError("covariance is not positive definite: the features contain NaN/inf or eps is too small")
+            failed.append(sl.start)
+            return
         eye = torch.eye(dim, dtype=lower.dtype, device=lower.device).expand_as(lower)
         out[sl] = torch.linalg.solve_triangular(lower.mT, eye, upper=True)  # L^-T = W^T
+
+    run_slices(factor_slice, n_pos, chunk, stats.mean.device)
+    if failed:
+        raise PadimError("covariance is not positive definite: the features contain NaN/inf or eps is too small")
     return out
+
+
+def run_slices(fn: Callable[[slice], None], total: int, step: int, device: torch.device) -> None:
+    """parallel_slices on the CPU; on a GPU the slices run in order (the device is parallel already)."""
+    if device.type == "cpu":
+        parallel_slices(fn, total, step)
+    else:
+        for start in range(0, total, step):
+            fn(slice(start, min(start + step, total)))
 
 
 def precision_cholesky(stats: GaussianStats, eps: float, chunk: int = 256) -> torch.Tensor:

@@ -21,9 +21,9 @@ from padim.data import Batch, Preprocess, as_items, as_size, check_finite, iter_
 from padim.embedding import random_channels, split_by_tap
 from padim.engine import AUTO, Engine, TapEmbedding, build_engine, resolve
 from padim.errors import PadimError
-from padim.gaussian import GaussianStats, pack_lower, precision_factor, unpack_lower
+from padim.gaussian import BatchBuffer, GaussianStats, pack_lower, precision_factor, unpack_lower
 from padim.modelfile import read_model, write_model
-from padim.scoring import centre_, image_scores, mahalanobis, patch_distances, smooth_maps, smoothing_matrices, split_mean
+from padim.scoring import image_scores, mahalanobis, patch_distances, smooth_maps, smoothing_matrices, split_mean
 
 
 class PadimNet(nn.Module):
@@ -80,7 +80,7 @@ class PadimNet(nn.Module):
 
     def score_positions(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Anomaly maps (B, H, W) and image scores (B,) from positions-first embeddings (centred in place)."""
-        dist = patch_distances(centre_(embedding, self.mean_hi, self.mean_lo), self.factor_t)
+        dist = patch_distances(embedding, self.factor_t, self.mean_hi, self.mean_lo)
         maps = smooth_maps(dist.T.reshape(embedding.shape[1], *self.grid), self.smooth_h, self.smooth_w)
         return maps, image_scores(maps)
 
@@ -290,10 +290,12 @@ class PaDiM:
 
     def accumulate(self, items: list, stats: GaussianStats) -> GaussianStats:
         """Add the embeddings of images to per-position statistics, batch by batch."""
+        buffer = BatchBuffer(stats)
         for batch, emb in self._embeddings(items, "fit"):
             # A NaN/inf anywhere in an image's embedding makes its sum non-finite: one reduction, not a mask.
             check_finite(emb.sum(dim=(0, 2)), batch)
-            stats.update(emb)
+            buffer.add(emb)
+        buffer.flush()
         return stats
 
     def _discard_calibration(self) -> None:

@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from padim import paper
+from padim.gaussian import run_slices
 
-_CHUNK_BYTES = 1 << 26  # about 64 MB of float32 products per chunk of positions
+_CHUNK_BYTES = 1 << 23  # about 8 MB of float32 products per slice of positions
 
 
 def split_mean(mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -25,22 +26,28 @@ def centre_(x: torch.Tensor, mean_hi: torch.Tensor, mean_lo: torch.Tensor) -> to
     return x.sub_(mean_hi[:, None, :]).sub_(mean_lo[:, None, :])
 
 
-def patch_distances(centred: torch.Tensor, factor_t: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
-    """Mahalanobis distances (P, B) of centred (P, B, d) embeddings, given U = W^T (precision = W^T W).
+def patch_distances(embedding: torch.Tensor, factor_t: torch.Tensor, mean_hi: torch.Tensor | None = None,
+                    mean_lo: torch.Tensor | None = None, chunk: int | None = None) -> torch.Tensor:
+    """Mahalanobis distances (P, B) of positions-first (P, B, d) embeddings, given U = W^T (precision = W^T W).
 
-    Row b of x_p U is (W_p x_pb)^T, so one batched product per chunk of positions gives every
-    patch's whitened vector; its norm is the distance.
+    With mean_hi/mean_lo (split_mean) the embeddings are centred first, in place. Row b of x_p U is
+    (W_p x_pb)^T, so one batched product per slice of positions gives every patch's whitened vector;
+    its norm is the distance. Slices run in parallel on the CPU (padim.cpus.parallel_slices).
     """
-    p, b, d = centred.shape
+    p, b, d = embedding.shape
     if torch.jit.is_tracing():  # one product: a traced loop would bake the trace's batch into the graph
-        return torch.linalg.vector_norm(torch.bmm(centred, factor_t.to(centred.dtype)), dim=-1)
-    step = chunk or max(1, _CHUNK_BYTES // (4 * b * d))
-    out = torch.empty(p, b, dtype=centred.dtype, device=centred.device)
-    z = torch.empty(min(step, p), b, d, dtype=centred.dtype, device=centred.device)
-    for start in range(0, p, step):
-        n = min(step, p - start)
-        torch.bmm(centred[start : start + n], factor_t[start : start + n].to(centred.dtype), out=z[:n])
-        torch.linalg.vector_norm(z[:n], dim=-1, out=out[start : start + n])
+        if mean_hi is not None:
+            embedding = (embedding - mean_hi[:, None, :]) - mean_lo[:, None, :]
+        return torch.linalg.vector_norm(torch.bmm(embedding, factor_t.to(embedding.dtype)), dim=-1)
+    out = torch.empty(p, b, dtype=embedding.dtype, device=embedding.device)
+
+    def distances(sl: slice) -> None:
+        x = embedding[sl]
+        if mean_hi is not None:
+            centre_(x, mean_hi[sl], mean_lo[sl])
+        torch.linalg.vector_norm(torch.bmm(x, factor_t[sl].to(x.dtype)), dim=-1, out=out[sl])
+
+    run_slices(distances, p, chunk or max(1, _CHUNK_BYTES // (4 * b * d)), embedding.device)
     return out
 
 
@@ -49,8 +56,7 @@ def mahalanobis(embedding: torch.Tensor, mean: torch.Tensor, prec_chol: torch.Te
     """Mahalanobis distance of every patch, (B, d, h, w) -> (B, h, w), with precision = W^T W (W = prec_chol)."""
     b, d, h, w = embedding.shape
     x = embedding.flatten(2).permute(2, 0, 1).to(torch.float32, copy=True)  # (P, B, d)
-    centre_(x, *split_mean(mean))
-    return patch_distances(x, prec_chol.transpose(1, 2), chunk).T.reshape(b, h, w)
+    return patch_distances(x, prec_chol.transpose(1, 2), *split_mean(mean), chunk=chunk).T.reshape(b, h, w)
 
 
 def gaussian_kernel(sigma: float, truncate: float = paper.GAUSSIAN_TRUNCATE) -> torch.Tensor:
