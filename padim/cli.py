@@ -39,10 +39,37 @@ def _n_features(text: str) -> int | str:
     return "all" if text == "all" else int(text)
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def engine_here(device: str = "cpu") -> str:
+    """What engine='auto' picks on this machine, with its version and thread count (nothing is built)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from padim.cpus import available_cpus
+    from padim.engine import default_engine
+
+    name = default_engine(device)
+    try:
+        ver = version("torch" if name.startswith("torch") else name)
+    except PackageNotFoundError:
+        ver = "?"
+    return f"{name} {ver} on {device}, {available_cpus()} threads"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every sub-command."""
     from padim import __version__
     from padim.backbone import BACKBONES, DEFAULT_BACKBONE
+    from padim.engine import AUTO, ENGINES
 
     parser = argparse.ArgumentParser(prog="padim", description="PaDiM anomaly detection and localization.")
     parser.add_argument("--version", action="version", version=f"torch-padim {__version__}")
@@ -53,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--batch-size", type=int, default=32)
     common.add_argument("--weights", help="backbone weights file (.pth/.safetensors), or 'random' (tests only)")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    common.add_argument("--engine", default=AUTO, choices=(AUTO, *ENGINES),
+                        help="runtime of the backbone (default: auto, the fastest exact one installed)")
+    common.add_argument("--threads", type=_positive_int, help="CPU threads (default: the CPUs this process may use)")
 
     fit = sub.add_parser("fit", parents=[common], help="fit a model on a folder of good images")
     fit.add_argument("train_dir", help="folder of images of good parts")
@@ -166,7 +196,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
     model = PaDiM(backbone=args.backbone, layers=args.layers, n_features=args.n_features, reduction=args.reduction, eps=args.eps,
                   image_size=args.image_size, crop_size=args.crop_size, seed=args.seed, device=args.device,
                   batch_size=args.batch_size, weights=args.weights, verbose=not args.quiet,
-                  holdout=args.holdout, fpr=args.fpr)
+                  holdout=args.holdout, fpr=args.fpr, engine=args.engine, threads=args.threads)
     if args.distributed:
         from padim.distributed import fit_distributed, init_from_env
 
@@ -180,7 +210,8 @@ def cmd_fit(args: argparse.Namespace) -> None:
     model.save(out, statistics=args.resumable, half=args.half)
     print(f"fitted {model.backbone_.name} ({model.embedding_dim_} features, "
           f"{model.feature_shape_[0]}x{model.feature_shape_[1]} positions) on {model.n_samples_seen_} images "
-          f"in {time.perf_counter() - t0:.1f} s -> {out} ({out.stat().st_size / 1e6:.1f} MB)")
+          f"in {time.perf_counter() - t0:.1f} s with {model.engine_for_device().describe()} -> {out} "
+          f"({out.stat().st_size / 1e6:.1f} MB)")
     if model.calibration_ is not None:
         print(model.calibration_.describe())
 
@@ -189,7 +220,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     """padim calibrate."""
     from padim.model import PaDiM
 
-    model = PaDiM.load(args.model, weights=args.weights, device=args.device,
+    model = PaDiM.load(args.model, weights=args.weights, device=args.device, engine=args.engine, threads=args.threads,
                        batch_size=args.batch_size, verbose=not args.quiet)
     model.calibrate(args.good_dir, fpr=args.fpr, source=f"good images in {args.good_dir}")
     model.save(args.output or args.model, statistics=model.stats_ is not None)
@@ -233,7 +264,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     if args.distributed:
         distributed.init_from_env(args.device)
-    model = PaDiM.load(args.model, weights=args.weights, device=args.device,
+    model = PaDiM.load(args.model, weights=args.weights, device=args.device, engine=args.engine, threads=args.threads,
                        batch_size=args.batch_size, verbose=not args.quiet)
     paths = _expand_inputs(args.inputs)
     indices = distributed.shard_indices(len(paths))
@@ -302,7 +333,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     from padim.model import PaDiM
     from padim.report import report_from_files
 
-    model = PaDiM.load(args.model, weights=args.weights, device=args.device,
+    model = PaDiM.load(args.model, weights=args.weights, device=args.device, engine=args.engine, threads=args.threads,
                        batch_size=args.batch_size, verbose=not args.quiet)
     pred = report_from_files(args.output, model, args.inputs, args.masks_dir, args.title,
                              args.image_threshold, args.pixel_threshold)
@@ -338,6 +369,7 @@ def cmd_info(args: argparse.Namespace) -> None:
                               f"on {cal['n_images']} good images ({cal['source']})" if (cal := meta.get("calibration"))
                               else "none (not calibrated: padim calibrate MODEL GOOD_DIR, or fit --holdout 0.1)"),
         f"created         {meta.get('created')}",
+        f"engine here     {engine_here()} (model files are engine-independent; --engine to choose)",
     ]
     print("\n".join(lines))
 
@@ -378,7 +410,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from padim.datasets import mvtec_category, stc
     from padim.model import PaDiM
 
-    model = PaDiM.load(args.model, weights=args.weights, device=args.device,
+    model = PaDiM.load(args.model, weights=args.weights, device=args.device, engine=args.engine, threads=args.threads,
                        batch_size=args.batch_size, verbose=not args.quiet)
     rows = []
     for dataset in args.datasets:
@@ -453,7 +485,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     if args.max_upload_mb <= 0 or args.max_pixels < 1 or args.max_batch < 1:
         raise PadimError("--max-upload-mb, --max-pixels and --max-batch must be positive")
-    model = PaDiM.load(args.model, weights=args.weights, device=args.device, batch_size=args.batch_size)
+    model = PaDiM.load(args.model, weights=args.weights, device=args.device, engine=args.engine, threads=args.threads, batch_size=args.batch_size)
     serve(model, host=args.host, port=args.port, access_log=not args.quiet,
           max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels, max_batch=args.max_batch)
 
