@@ -1,19 +1,23 @@
-"""Speed, memory and model size of torch-padim: backbone-only floor, fit, predict, peak RSS, file sizes.
+"""Speed and memory per engine, side by side in one run: backbone floor, fit, predict, files, batch-1, contention.
 
-    python benchmarks/speed.py                                  # r18-rd100, wr50-rd550, lite0 at N=100
-    python benchmarks/speed.py --configs r18-rd100 --n 100,1000
-    python benchmarks/speed.py --half-check                     # float16 model file vs float32 on the demo data
-    python benchmarks/speed.py --anomalib-python /work/anomalib-venv/bin/python   # + anomalib side by side
+    python benchmarks/speed.py                                    # lite0 and r18-rd100, every engine
+    python benchmarks/speed.py --configs lite0 --anomalib-python /work/anomalib-venv/bin/python
+    python benchmarks/speed.py --before /tmp/padim-before         # + a checkout of an older torch-padim
+    python benchmarks/speed.py --configs wr50-rd550 --n 100 --n-test 50 --engines torch,openvino
 
-With --anomalib-python (an environment where anomalib 2.7.0 is importable; see anomalib_side.py), the
-ResNet configurations also run anomalib's PaDiM torch model on the same weights, Rd channels and
-images (anomalib_side.measure: fresh processes, peak memory per run) and print its fit time, predict
-time and peak memory beside torch-padim's, with ratios.
+Images: real photos (scikit-image's brick, grass and gravel textures), random 256x256 crops; N for
+fit, n-test others for predict; paper preprocessing (256, centre crop 224). Every measurement runs in a
+fresh process on the same decoded uint8 arrays (PNG and JPEG copies on disk for file-to-score), so
+peak memory (VmHWM after a reset) is the process's own and every ratio compares figures of one run.
 
-Every (config, N) runs in a fresh process so peak resident memory (VmHWM) is its own. Images are
-synthetic 224x224 crops of scikit-image textures written to disk once (fit reads them from files,
-so the inputs do not sit in memory). ResNet weights are random here (no ImageNet download on this
-machine): labelled as such; speed and memory do not depend on the weights' values.
+Per (config, engine): floor = the tapped backbone alone (taps only, no embedding) on that engine,
+preprocessed batches of 32; fit and predict from in-memory images (decoding and preprocessing
+included); file-to-score = predict from PNG and from JPEG files; batch-1 = median latency of one image
+through predict; contention = fit and predict again while a 2-thread CPU job (OpenBLAS matrix
+products) runs beside them, as a ratio of the quiet speed. ResNet weights are random (no ImageNet
+download here; speed does not depend on the values); Lite0 has its real weights. With
+--anomalib-python, anomalib 2.7.0's PadimModel runs on the same weights, channels and normalised
+tensors; with --before, an older checkout runs the same fit and predict.
 """
 
 from __future__ import annotations
@@ -21,215 +25,380 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = {
+    "lite0": dict(backbone="efficientnet_lite0", n_features="all", weights=None),
     "r18-rd100": dict(backbone="resnet18", n_features=100, weights="random"),
     "wr50-rd550": dict(backbone="wide_resnet50_2", n_features=550, weights="random"),
-    "lite0": dict(backbone="efficientnet_lite0", n_features="all", weights=None),
 }
-N_PREDICT = 100
-SIZE = 224
+ENGINES = ("torch", "torch-fast", "onnxruntime", "openvino")
+BATCH = 32
+CROP = 256
 
 
-def make_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
-    """n synthetic 224x224 RGB texture crops with noise, written once and reused."""
+# ------------------------------------------------------------------------------ shared inputs
+def make_images(cache: Path, n: int, n_test: int) -> dict[str, Path]:
+    """uint8 (N, 256, 256, 3) train and test arrays, and the test images as PNG and JPEG files, made once."""
     import numpy as np
     from PIL import Image
     from skimage import data
 
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = [folder / f"{i:05d}.png" for i in range(n)]
-    if all(p.exists() for p in paths):
+    cache.mkdir(parents=True, exist_ok=True)
+    paths = {"train": cache / f"train-{n}.npy", "test": cache / f"test-{n_test}.npy",
+             "png": cache / f"png-{n_test}", "jpeg": cache / f"jpeg-{n_test}"}
+    if all(p.exists() for p in paths.values()):
         return paths
-    rng = np.random.default_rng(seed)
     textures = [data.brick(), data.grass(), data.gravel()]
-    for i, path in enumerate(paths):
-        tex = textures[i % 3]
-        y, x = rng.integers(0, tex.shape[0] - SIZE, size=2)
-        crop = tex[y : y + SIZE, x : x + SIZE].astype(np.float32)
-        rgb = np.stack([crop * rng.uniform(0.9, 1.1) for _ in range(3)], axis=2) + rng.normal(0, 4, (SIZE, SIZE, 3))
-        Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).save(path, compress_level=1)
+
+    def crops(count: int, seed: int) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        out = np.empty((count, CROP, CROP, 3), np.uint8)
+        for i in range(count):
+            tex = textures[i % 3]
+            y, x = rng.integers(0, tex.shape[0] - CROP, size=2)
+            gray = tex[y : y + CROP, x : x + CROP].astype(np.float32)
+            rgb = np.stack([gray * rng.uniform(0.9, 1.1) for _ in range(3)], axis=2)
+            out[i] = np.clip(rgb, 0, 255).astype(np.uint8)
+        return out
+
+    np.save(paths["train"], crops(n, 0))
+    test = crops(n_test, 1)
+    np.save(paths["test"], test)
+    for kind in ("png", "jpeg"):
+        paths[kind].mkdir(exist_ok=True)
+        for i, img in enumerate(test):
+            Image.fromarray(img).save(paths[kind] / f"{i:04d}.{'png' if kind == 'png' else 'jpg'}", quality=95)
     return paths
 
 
-def worker(config: str, n: int, cache: Path) -> dict:
-    """Measure one configuration at one N (run in its own process)."""
+class Load:
+    """A 2-thread CPU job beside the measurement: OpenBLAS matrix products in another process."""
+
+    CODE = "import numpy as np\na = np.random.rand(1500, 1500)\nwhile True:\n    a @ a\n"
+
+    def __enter__(self) -> "Load":
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": "2", "OMP_NUM_THREADS": "2"}
+        self.proc = subprocess.Popen([sys.executable, "-c", self.CODE], env=env)
+        time.sleep(1.0)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+# ------------------------------------------------------------------------------ torch-padim worker
+def taps_floor(model, engine: str) -> float:
+    """Throughput (img/s) of the tapped backbone alone on an engine: batches of 32 preprocessed tensors."""
+    import io
+    import warnings
+
+    import numpy as np
+    import torch
+
+    from padim.engine import optimised
+
+    size = model.preprocess_.output_size
+    x = torch.randn(BATCH, 3, *size, generator=torch.Generator().manual_seed(0))
+
+    class Taps(torch.nn.Module):
+        def __init__(self, extractor):
+            super().__init__()
+            self.extractor = extractor
+
+        def forward(self, x):
+            return tuple(self.extractor(x))
+
+    module = model.net_.features
+    if engine == "torch":
+        run = lambda: Taps(module.extractor)(x)  # noqa: E731
+    else:
+        fast = Taps(optimised(module, size).extractor).eval()
+        if engine == "torch-fast":
+            fast = fast.to(memory_format=torch.channels_last)
+            xc = x.contiguous(memory_format=torch.channels_last)
+            run = lambda: fast(xc)  # noqa: E731
+        else:
+            buf = io.BytesIO()
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(fast, (x,), buf, dynamo=False, opset_version=17, input_names=["image"])
+            xn = x.numpy()
+            if engine == "onnxruntime":
+                import onnxruntime as ort
+
+                opts = ort.SessionOptions()
+                opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+                sess = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+                run = lambda: sess.run(None, {"image": xn})  # noqa: E731
+            else:
+                import openvino as ov
+
+                core = ov.Core()
+                compiled = core.compile_model(core.read_model(buf.getvalue(), b""), "CPU",
+                                              {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"})
+                request = compiled.create_infer_request()
+                run = lambda: request.infer({0: xn}, share_inputs=True)  # noqa: E731
+    with torch.no_grad():
+        run()
+        times = []
+        for _ in range(4):
+            t0 = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - t0)
+    return BATCH / statistics.median(times)
+
+
+def padim_worker(config: str, engine: str, paths: dict[str, Path], contention: bool) -> dict:
+    """Fit, predict, file-to-score, batch-1 latency and contention ratios of one engine (own process)."""
+    import numpy as np
     import torch
 
     from padim import PaDiM
-    from padim.benchmark import peak_rss_mb as peak_mb
-    from padim.benchmark import reset_peak_rss as peak_reset
+    from padim.benchmark import peak_rss_mb, reset_peak_rss
 
+    train, test = np.load(paths["train"]), np.load(paths["test"])
     params = CONFIGS[config]
-    train = make_images(cache / "train", n)
-    test = make_images(cache / "test", N_PREDICT, seed=1)
-    model = PaDiM(**params, image_size=SIZE, crop_size=None, batch_size=32)
-    model._init_network()
-    batch = torch.randn(32, 3, SIZE, SIZE)
-    with torch.no_grad():
-        model.net_.extractor(batch)  # warm-up
+    row: dict = {"config": config, "engine": engine, "n": len(train), "n_test": len(test)}
+
+    def fit() -> tuple[PaDiM, float]:
         t0 = time.perf_counter()
-        for _ in range(max(1, n // 32)):
-            model.net_.extractor(batch)
-        backbone_ips = 32 * max(1, n // 32) / (time.perf_counter() - t0)
-    peak_reset()
+        model = PaDiM(**params, engine=engine, batch_size=BATCH).fit(train)
+        return model, len(train) / (time.perf_counter() - t0)
+
+    def predict(model: PaDiM, images) -> float:
+        t0 = time.perf_counter()
+        model.predict(images)
+        return len(images) / (time.perf_counter() - t0)
+
+    reset_peak_rss()
+    model, row["fit_ips"] = fit()
+    row["fit_peak_mb"] = peak_rss_mb()
+    row["engine_used"] = model.engine_for_device().describe()
+    model.predict(test[:BATCH])  # warm: compiled shapes
+    reset_peak_rss()
+    row["predict_ips"] = predict(model, test)
+    row["predict_peak_mb"] = peak_rss_mb()
+    for kind in ("png", "jpeg"):
+        files = sorted(paths[kind].iterdir())
+        row[f"{kind}_ips"] = predict(model, files)
+    model.predict(test[:1])
+    lat = []
+    for i in range(15):
+        t0 = time.perf_counter()
+        model.predict(test[i : i + 1])
+        lat.append(time.perf_counter() - t0)
+    row["batch1_ms"] = 1e3 * statistics.median(lat)
+    row["floor_ips"] = taps_floor(model, engine)
+    row["d"], row["threads"] = model.embedding_dim_, torch.get_num_threads()
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save(Path(tmp) / "m.safetensors")
+        row["model_mb"] = (Path(tmp) / "m.safetensors").stat().st_size / 1e6
+    if contention:
+        with Load():
+            _, fit_loaded = fit()
+            model.predict(test[:BATCH])
+            predict_loaded = predict(model, test)
+        row["fit_contention"] = fit_loaded / row["fit_ips"]
+        row["predict_contention"] = predict_loaded / row["predict_ips"]
+    return row
+
+
+def before_worker(config: str, paths: dict[str, Path]) -> dict:
+    """The same fit and predict with whatever torch-padim PYTHONPATH points at (an older checkout)."""
+    import numpy as np
+
+    import padim
+    from padim import PaDiM
+    from padim.benchmark import peak_rss_mb, reset_peak_rss
+
+    train, test = np.load(paths["train"]), np.load(paths["test"])
+    params = CONFIGS[config]
+    reset_peak_rss()
     t0 = time.perf_counter()
-    model.fit(train)
-    fit_s = time.perf_counter() - t0
-    fit_peak = peak_mb()
-    peak_reset()
+    model = PaDiM(**params, batch_size=BATCH).fit(train)
+    fit_ips = len(train) / (time.perf_counter() - t0)
+    fit_peak = peak_rss_mb()
+    model.predict(test[:BATCH])
+    reset_peak_rss()
     t0 = time.perf_counter()
     model.predict(test)
-    predict_s = time.perf_counter() - t0
-    predict_peak = peak_mb()
-    out = cache / f"{config}.safetensors"
-    model.save(out)
-    size_mb = out.stat().st_size / 1e6
-    model.save(out, half=True)
-    half_mb = out.stat().st_size / 1e6
-    out.unlink()
-    return {
-        "config": config, "n": n, "weights": "random" if params["weights"] == "random" else "imagenet",
-        "d": model.embedding_dim_, "positions": model.feature_shape_[0] * model.feature_shape_[1],
-        "backbone_ips": backbone_ips, "fit_ips": n / fit_s, "predict_ips": N_PREDICT / predict_s,
-        "fit_s": fit_s, "predict_s": predict_s, "fit_peak_mb": fit_peak, "predict_peak_mb": predict_peak,
-        "model_mb": size_mb, "half_model_mb": half_mb, "threads": torch.get_num_threads(),
-    }
+    predict_ips = len(test) / (time.perf_counter() - t0)
+    return {"config": config, "engine": f"before ({Path(padim.__file__).parent.parent})", "fit_ips": fit_ips,
+            "predict_ips": predict_ips, "fit_peak_mb": fit_peak, "predict_peak_mb": peak_rss_mb()}
 
 
-def half_check() -> dict:
-    """Image and pixel AUROC of the demo data with the float32 and the float16 model file."""
-    import tempfile
+# ------------------------------------------------------------------------------ anomalib worker
+def anomalib_worker(config: str, paths: dict[str, Path], weights: Path) -> dict:
+    """anomalib 2.7.0's PadimModel on the same weights, channels and normalised tensors (anomalib's venv)."""
+    import warnings
 
     import numpy as np
-    from PIL import Image
+    import torch
+    from safetensors.torch import load_file
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from anomalib.models.image.padim.torch_model import PadimModel
+
+    from padim.benchmark import peak_rss_mb, reset_peak_rss
+    from padim.data import Preprocess
+
+    spec = json.loads((weights.with_suffix(".json")).read_text())
+    pre = Preprocess()
+    mean = torch.tensor(pre.mean).view(1, 3, 1, 1)
+    std = torch.tensor(pre.std).view(1, 3, 1, 1)
+    top, left, ch, cw = pre.crop_box()
+
+    def normalised(u8: np.ndarray) -> torch.Tensor:  # 256x256 input: the resize is the identity
+        x = torch.from_numpy(u8[:, top : top + ch, left : left + cw]).permute(0, 3, 1, 2).float().div_(255)
+        return (x - mean) / std
+
+    train, test = np.load(paths["train"]), np.load(paths["test"])
+    reset_peak_rss()
+    t0 = time.perf_counter()
+    model = PadimModel(backbone=spec["timm_name"], layers=spec["layers"], pre_trained=False, n_features=len(spec["indices"]))
+    extractor = model.feature_extractor.feature_extractor
+    ours = load_file(str(weights))
+    extractor.load_state_dict({k: ours[k] for k in extractor.state_dict()}, strict=True)
+    model.idx = torch.tensor(spec["indices"], dtype=model.idx.dtype)
+    model.train()
+    for i in range(0, len(train), BATCH):
+        model(normalised(train[i : i + BATCH]))
+    model.fit()
+    fit_s = time.perf_counter() - t0
+    fit_peak = peak_rss_mb()
+    model.eval()
+    with torch.no_grad():
+        model(normalised(test[:BATCH]))
+        reset_peak_rss()
+        t0 = time.perf_counter()
+        scores = [model(normalised(test[i : i + BATCH])).pred_score.reshape(-1) for i in range(0, len(test), BATCH)]
+        predict_s = time.perf_counter() - t0
+    np.save(weights.with_name(f"anomalib-scores-{config}.npy"), torch.cat(scores).numpy())
+    return {"config": config, "engine": "anomalib 2.7.0", "fit_ips": len(train) / fit_s,
+            "predict_ips": len(test) / predict_s, "fit_peak_mb": fit_peak, "predict_peak_mb": peak_rss_mb(),
+            "threads": torch.get_num_threads()}
+
+
+def shared_weights(config: str, cache: Path) -> Path:
+    """The backbone weights and Rd channels of a config, written once for anomalib to load."""
+    from safetensors.torch import save_file
 
     from padim import PaDiM
-    from padim.metrics import image_auroc, pixel_auroc
-    from padim.synthetic import TEXTURES, load_split, make_inspection_set
 
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for texture in TEXTURES:
-            train, test, masks = load_split(make_inspection_set(tmp, texture, 60, 20, 40, seed=0))
-            model = PaDiM().fit(train)
-            gt = [model.preprocess_.mask(np.asarray(Image.open(m))) if m else np.zeros((224, 224), bool) for m in masks]
-            labels = [m is not None for m in masks]
-            row = {"texture": texture}
-            for name, half in (("float32", False), ("float16", True)):
-                path = Path(tmp) / f"{texture}-{name}.safetensors"
-                model.save(path, half=half)
-                pred = PaDiM.load(path).predict(test)
-                row[name] = {"image_auroc": image_auroc(labels, pred.scores), "pixel_auroc": pixel_auroc(gt, pred.maps),
-                             "mb": path.stat().st_size / 1e6}
-            rows.append(row)
-    return {"half_check": rows}
+    path = cache / f"{config}-weights.safetensors"
+    if not path.exists():
+        model = PaDiM(**CONFIGS[config])
+        model._init_network()
+        bb = model.backbone_
+        save_file({k: v.contiguous() for k, v in bb.extractor.model.state_dict().items()}, str(path))
+        from padim.backbone import spec_for
+
+        path.with_suffix(".json").write_text(json.dumps({
+            "timm_name": spec_for(bb.name).timm_name, "layers": list(bb.layers),
+            "indices": model.channel_indices_.tolist()}))
+    return path
 
 
-def anomalib_rows(configs: list[str], sizes: list[int], python: str, cache: Path) -> list[dict]:
-    """anomalib_side.measure for every ResNet configuration and N (torch-padim and anomalib, same inputs)."""
-    sys.path.insert(0, str(HERE))
-    import anomalib_side
-
-    if not anomalib_side.has_anomalib(python):
-        print(f"anomalib is not importable from {python}: no side-by-side columns", file=sys.stderr)
-        return []
-    rows = []
-    for config in [c for c in configs if c in anomalib_side.CONFIGS]:
-        for n in sizes:
-            rows.append(anomalib_side.measure(config, n, cache / "anomalib-side", python, repeat=1))
-            print(anomalib_side.table(rows[-1:]).splitlines()[-1], flush=True)
-    print(anomalib_side.table(rows))
-    return rows
-
-
-def targets(rows: list[dict], side: list[dict]) -> str:
-    """The issue's targets, met or not, from the measured rows."""
-    lines = ["| target | measured | met |", "|---|---|---|"]
-
-    def add(name: str, value: float | None, ok: bool | None, fmt: str = ".2f") -> None:
-        lines.append(f"| {name} | {'-' if value is None else format(value, fmt)} | {'-' if ok is None else ('yes' if ok else 'no')} |")
-
-    for r in rows:
-        tag = f"{r['config']} N={r['n']}"
-        pred = r["predict_ips"] / r["backbone_ips"]
-        floor = {"r18-rd100": 0.90, "wr50-rd550": 0.75}.get(r["config"])
-        if floor:
-            add(f"{tag}: predict >= {floor}x backbone-only", pred, pred >= floor)
-        if r["config"] == "r18-rd100":
-            fit = r["fit_ips"] / r["backbone_ips"]
-            add(f"{tag}: fit >= 0.85x backbone-only", fit, fit >= 0.85)
-        if r["config"] == "wr50-rd550":
-            add(f"{tag}: model <= 2 GB (MB)", r["model_mb"], r["model_mb"] <= 2000, ".0f")
-            add(f"{tag}: float16 model <= 1 GB (MB)", r["half_model_mb"], r["half_model_mb"] <= 1000, ".0f")
-    by_config: dict[str, dict[int, dict]] = {}
-    for r in rows:
-        by_config.setdefault(r["config"], {})[r["n"]] = r
-    for config, sizes in by_config.items():
-        if 100 in sizes and 1000 in sizes:
-            growth = sizes[1000]["fit_peak_mb"] / sizes[100]["fit_peak_mb"] - 1
-            add(f"{config}: fit peak N=1000 within 10% of N=100 (growth)", growth, growth <= 0.10, "+.1%")
-    for row in side:
-        p, a = row.get("padim") or {}, row.get("anomalib") or {}
-        if p.get("fit_s") and a.get("fit_s"):
-            add(f"{row['config']} N={row['n']}: fit >= 3x faster than anomalib", a["fit_s"] / p["fit_s"], a["fit_s"] >= 3 * p["fit_s"])
-            ratio = p["fit_peak_mb"] / a["fit_peak_mb"]
-            add(f"{row['config']} N={row['n']}: fit peak <= 1/3 of anomalib's", ratio, ratio <= 1 / 3)
-    return "\n".join(lines)
+# ------------------------------------------------------------------------------ driver
+def run(cmd: list[str], env: dict | None = None) -> dict | None:
+    """Run a worker process; its last stdout line is JSON."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1", **(env or {})})
+    if proc.returncode != 0:
+        print(f"failed: {' '.join(cmd[-4:])}\n{proc.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| config | weights | N | d | backbone img/s | fit img/s | fit/backbone | predict img/s | predict/backbone "
-            "| fit peak MB | predict peak MB | model MB | float16 MB |")
-    lines = [head, "|" + "---|" * 13]
+    """Markdown table of every row, with ratios to the fastest floor and to anomalib."""
+    fastest = {}
+    anomalib = {r["config"]: r for r in rows if r["engine"].startswith("anomalib")}
     for r in rows:
-        lines.append(
-            f"| {r['config']} | {r['weights']} | {r['n']} | {r['d']} | {r['backbone_ips']:.1f} | {r['fit_ips']:.1f} | "
-            f"{r['fit_ips'] / r['backbone_ips']:.2f} | {r['predict_ips']:.1f} | {r['predict_ips'] / r['backbone_ips']:.2f} | "
-            f"{r['fit_peak_mb']:.0f} | {r['predict_peak_mb']:.0f} | {r['model_mb']:.0f} | {r['half_model_mb']:.0f} |")
+        if "floor_ips" in r:
+            fastest[r["config"]] = max(fastest.get(r["config"], 0), r["floor_ips"])
+    head = ("| config | engine | floor img/s | fit img/s | fit / fastest floor | predict img/s | predict / fastest floor "
+            "| PNG img/s | JPEG img/s | files / tensors | batch-1 ms | fit under load | predict under load "
+            "| fit x anomalib | predict x anomalib | fit peak MB | predict peak MB |")
+    lines = [head, "|" + "---|" * 17]
+
+    def f(v, fmt=".1f"):
+        return "-" if v is None else format(v, fmt)
+
+    for r in rows:
+        a, top = anomalib.get(r["config"]), fastest.get(r["config"])
+        files = min(r["png_ips"], r["jpeg_ips"]) / r["predict_ips"] if "png_ips" in r else None
+        lines.append(" | ".join([
+            f"| {r['config']}", r["engine"], f(r.get("floor_ips")), f(r["fit_ips"]),
+            f(r["fit_ips"] / top if top else None, ".2f"), f(r["predict_ips"]),
+            f(r["predict_ips"] / top if top else None, ".2f"), f(r.get("png_ips")), f(r.get("jpeg_ips")),
+            f(files, ".2f"), f(r.get("batch1_ms")), f(r.get("fit_contention"), ".2f"), f(r.get("predict_contention"), ".2f"),
+            f(r["fit_ips"] / a["fit_ips"] if a and a is not r else None, ".1f"),
+            f(r["predict_ips"] / a["predict_ips"] if a and a is not r else None, ".1f"),
+            f(r.get("fit_peak_mb"), ".0f"), f(r.get("predict_peak_mb"), ".0f") + " |"]))
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", default="r18-rd100,wr50-rd550,lite0")
-    parser.add_argument("--n", default="100", help="comma-separated training set sizes")
-    parser.add_argument("--cache", default="/tmp/padim-speed-images")
+    parser.add_argument("--configs", default="lite0,r18-rd100")
+    parser.add_argument("--engines", default=",".join(ENGINES))
+    parser.add_argument("--n", type=int, default=400, help="training images")
+    parser.add_argument("--n-test", type=int, default=200, help="test images")
+    parser.add_argument("--cache", default="/tmp/padim-speed")
     parser.add_argument("--out", default=str(HERE / "results" / "speed.json"))
-    parser.add_argument("--half-check", action="store_true")
-    parser.add_argument("--anomalib-python", help="python of an environment with anomalib: side-by-side columns")
-    parser.add_argument("--worker", nargs=2, metavar=("CONFIG", "N"), help=argparse.SUPPRESS)
+    parser.add_argument("--no-contention", action="store_true")
+    parser.add_argument("--anomalib-python", help="python of an environment with anomalib 2.7.0 (+ torch-padim)")
+    parser.add_argument("--before", help="a checkout of an older torch-padim to run beside (its repository root)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    cache = Path(args.cache)
     if args.worker:
-        print(json.dumps(worker(args.worker[0], int(args.worker[1]), Path(args.cache))))
+        job = json.loads(args.worker)
+        paths = {k: Path(v) for k, v in job["paths"].items()}
+        if job["kind"] == "padim":
+            print(json.dumps(padim_worker(job["config"], job["engine"], paths, job["contention"])))
+        elif job["kind"] == "before":
+            print(json.dumps(before_worker(job["config"], paths)))
+        else:
+            print(json.dumps(anomalib_worker(job["config"], paths, Path(job["weights"]))))
         return
-    if args.half_check:
-        result = half_check()
-        print(json.dumps(result, indent=2))
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).with_name("half_check.json").write_text(json.dumps(result, indent=2))
-        return
+    paths = make_images(cache, args.n, args.n_test)
     rows = []
     for config in args.configs.split(","):
-        for n in [int(v) for v in args.n.split(",")]:
-            run = subprocess.run([sys.executable, __file__, "--worker", config, str(n), "--cache", args.cache],
-                                 capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
-            if run.returncode != 0:
-                print(f"{config} N={n} failed:\n{run.stderr[-3000:]}", file=sys.stderr)
-                continue
-            rows.append(json.loads(run.stdout.strip().splitlines()[-1]))
-            print(table(rows[-1:]).splitlines()[-1], flush=True)
+        job = {"config": config, "paths": {k: str(v) for k, v in paths.items()}, "contention": not args.no_contention}
+        for engine in args.engines.split(","):
+            row = run([sys.executable, __file__, "--cache", str(cache), "--worker",
+                       json.dumps({**job, "kind": "padim", "engine": engine})])
+            if row:
+                rows.append(row)
+                print(table(rows[-1:]).splitlines()[-1], flush=True)
+        if args.before:
+            row = run([sys.executable, __file__, "--worker", json.dumps({**job, "kind": "before"})],
+                      env={"PYTHONPATH": str(Path(args.before).resolve())})
+            if row:
+                rows.append(row)
+        if args.anomalib_python:
+            weights = shared_weights(config, cache)
+            row = run([args.anomalib_python, __file__, "--worker",
+                       json.dumps({**job, "kind": "anomalib", "weights": str(weights)})])
+            if row:
+                rows.append(row)
     print(table(rows))
-    side = anomalib_rows(args.configs.split(","), [int(v) for v in args.n.split(",")], args.anomalib_python,
-                         Path(args.cache)) if args.anomalib_python else []
-    print(targets(rows, side))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"rows": rows, "anomalib_side": side}, indent=2))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    previous = json.loads(out.read_text()) if out.exists() else {}
+    merged = {f"{r['config']}|{r['engine']}": r for r in previous.get("rows", [])}
+    merged.update({f"{r['config']}|{r['engine']}": r for r in rows})
+    out.write_text(json.dumps({"rows": list(merged.values())}, indent=2))
 
 
 if __name__ == "__main__":
