@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -121,6 +123,21 @@ def test_nan_features_are_refused(split, monkeypatch) -> None:
     monkeypatch.setattr(model, "engine_", second_image_inf)
     with pytest.raises(PadimError, match=r"001\.png: backbone produced NaN/inf features \(1 image"):
         model.partial_fit(split[0][:2])
+
+
+def test_nan_features_at_predict_time_name_the_image(split, monkeypatch) -> None:
+    model = PaDiM(**TINY).fit(split[0])
+    engine = model.engine_for_device()
+
+    def third_image_nan(x):
+        emb = engine(x)
+        if emb.shape[1] > 2:
+            emb[11, 2, 0] = float("nan")  # one value of one patch of the third image
+        return emb
+
+    monkeypatch.setattr(model, "engine_", third_image_nan)
+    with pytest.raises(PadimError, match=re.escape(str(split[1][2])) + r": anomaly score is NaN/inf .*\(1 image"):
+        model.predict(split[1][:4])
 
 
 def test_nan_in_the_model_fails_prediction_naming_the_image(split) -> None:

@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from padim import PaDiM
-from padim.data import as_items
 from padim.gaussian import GaussianStats, precision_cholesky
 from padim.synthetic import load_split
 from padim.scoring import gaussian_blur, image_scores, mahalanobis
