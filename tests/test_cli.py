@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -139,6 +140,22 @@ def test_info_shows_backbone_features_training_images_and_random_weights(
     assert "32 of 448" in out
     assert f"training images {N_TRAIN}" in out
     assert "RANDOM WEIGHTS" in out
+    assert re.search(r"engine here +openvino [0-9.]+ on cpu, \d+ threads", out)
+
+
+def test_fit_log_names_the_engine_and_an_unknown_engine_is_refused(tmp_path: Path, capsys) -> None:
+    good = tmp_path / "good"
+    good.mkdir()
+    for i in range(3):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(good / f"{i}.png")
+    args = ["fit", str(good), "-o", str(tmp_path / "m.safetensors"), "--backbone", "resnet18", "--weights", "random",
+            "--image-size", "32", "--crop-size", "none", "--n-features", "8"]
+    assert main([*args, "--engine", "onnxruntime", "--threads", "1"]) == 0
+    captured = capsys.readouterr()
+    assert re.search(r"with onnxruntime [0-9.]+ on cpu, 1 threads", captured.out)
+    with pytest.raises(SystemExit):
+        main([*args, "--engine", "tensorrt"])
+    assert "invalid choice: 'tensorrt'" in capsys.readouterr().err
 
 
 def test_info_json_is_the_file_metadata(model_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
