@@ -57,22 +57,30 @@ def embed_positions(maps: list[torch.Tensor], kept: list[torch.Tensor]) -> torch
 
     The nearest-neighbour upsampling of a deeper map is a repeat of each patch over an s x s block
     of the first grid; for integer ratios it is written as a broadcast copy (no resize kernel, no
-    intermediate upsampled map), otherwise as a gather with PyTorch's nearest indices.
+    intermediate upsampled map), otherwise as a gather with PyTorch's nearest indices. In eager mode
+    each tap is copied straight into its channels of one output tensor (no per-tap copies to concatenate).
     """
     b = maps[0].shape[0]
     h, w = maps[0].shape[-2:]
-    parts = []
-    for fmap, idx in zip(maps, kept):
-        if idx.numel() == 0:
-            continue
-        part = fmap.index_select(1, idx.to(fmap.device)) if idx.numel() < fmap.shape[1] else fmap
-        fh, fw, c = part.shape[2], part.shape[3], part.shape[1]
-        grid = part.permute(2, 3, 0, 1)  # (fh, fw, B, c)
-        if h % fh == 0 and w % fw == 0:
-            sh, sw = h // fh, w // fw
-            grid = grid[:, None, :, None].expand(fh, sh, fw, sw, b, c)
-        else:
-            grid = grid.index_select(0, nearest_index(fh, h).to(grid.device))
-            grid = grid.index_select(1, nearest_index(fw, w).to(grid.device))
-        parts.append(grid.reshape(h * w, b, c))
-    return torch.cat(parts, dim=2)
+    grids = [_on_grid(fmap, idx, h, w) for fmap, idx in zip(maps, kept) if idx.numel()]
+    if torch.jit.is_tracing():  # a graph: concatenation, which runtimes plan their own memory for
+        return torch.cat([g.reshape(h * w, b, g.shape[-1]) for g in grids], dim=2)
+    d = sum(g.shape[-1] for g in grids)
+    out = torch.empty(h, w, b, d, dtype=maps[0].dtype, device=maps[0].device)
+    c0 = 0
+    for g in grids:
+        c = g.shape[-1]
+        out[..., c0 : c0 + c].view(g.shape).copy_(g)
+        c0 += c
+    return out.view(h * w, b, d)
+
+
+def _on_grid(fmap: torch.Tensor, idx: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """The kept channels of one tap as a view on the (h, w) grid: (fh, sh, fw, sw, B, c) or (h, w, B, c)."""
+    part = fmap.index_select(1, idx.to(fmap.device)) if idx.numel() < fmap.shape[1] else fmap
+    b, c, fh, fw = part.shape
+    grid = part.permute(2, 3, 0, 1)  # (fh, fw, B, c)
+    if h % fh == 0 and w % fw == 0:
+        return grid[:, None, :, None].expand(fh, h // fh, fw, w // fw, b, c)
+    grid = grid.index_select(0, nearest_index(fh, h).to(grid.device))
+    return grid.index_select(1, nearest_index(fw, w).to(grid.device))
