@@ -392,6 +392,7 @@ def _describe(model: Any) -> dict[str, Any]:
         "n_samples_seen": int(model.n_samples_seen_),
         "calibrated": calibration is not None,
         "threshold_source": calibration.describe() if calibration is not None else None,
+        "engine": model.engine_for_device().describe() if hasattr(model, "engine_for_device") else None,
     }
 
 
@@ -409,6 +410,8 @@ def create_app(
     from padim import __version__
 
     model._require_fitted()
+    if hasattr(model, "engine_for_device"):
+        model.engine_for_device()  # built (exported, compiled, checked) now, not on the first request
     for label, value, low in (("max_upload_bytes", max_upload_bytes, 1), ("max_pixels", max_pixels, 1),
                               ("max_queue", max_queue, 1), ("decode_workers", decode_workers, 1),
                               ("max_overlay_side", max_overlay_side, 16)):
