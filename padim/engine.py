@@ -317,7 +317,10 @@ def installed(name: str) -> bool:
 
 def resolve(name: str, device: str | torch.device) -> list[str]:
     """The engines to try, in order, for a requested name ('auto' or one of ENGINES) on a device."""
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise PadimError(f"unknown device {device!r}: use e.g. 'cpu' or 'cuda'") from None
     if name == AUTO:
         return ["torch-fast", "torch"] if dev.type != "cpu" else list(CPU_ORDER)
     if name not in ENGINES:

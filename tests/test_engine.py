@@ -134,6 +134,8 @@ def test_auto_prefers_openvino_on_cpu_and_torch_fast_on_gpu() -> None:
         resolve("openvino", "cuda")
     with pytest.raises(PadimError, match="unknown engine 'tensorrt'"):
         resolve("tensorrt", "cpu")
+    with pytest.raises(PadimError, match="unknown device 'bogus'"):
+        resolve(AUTO, "bogus")
     with pytest.raises(PadimError, match="unknown engine"):
         PaDiM(engine="tensorrt", weights="random").fit([np.zeros((32, 32), np.uint8)])
 
