@@ -146,3 +146,33 @@ def test_configure_torch_threads_default(torch_threads, machine) -> None:
     torch.set_num_threads(2)
     assert cpus.configure_torch_threads() == 1
     assert torch.get_num_threads() == 1
+
+
+def test_parallel_slices_cover_every_index_once_and_restore_torch_threads() -> None:
+    import threading
+
+    import torch
+
+    from padim.cpus import parallel_slices
+
+    before = torch.get_num_threads()
+    seen: list[tuple[int, int, int]] = []
+    lock = threading.Lock()
+
+    def record(sl: slice) -> None:
+        with lock:
+            seen.append((sl.start, sl.stop, torch.get_num_threads()))
+
+    parallel_slices(record, 103, 10, threads=2)
+    covered = sorted(i for start, stop, _ in seen for i in range(start, stop))
+    assert covered == list(range(103))
+    assert {t for *_, t in seen} == {1}  # each worker runs torch single-threaded
+    assert torch.get_num_threads() == before
+
+    def fail(sl: slice) -> None:
+        if sl.start == 50:
+            raise ValueError("slice 50")
+
+    with pytest.raises(ValueError, match="slice 50"):
+        parallel_slices(fail, 103, 10, threads=2)
+    assert torch.get_num_threads() == before
