@@ -374,6 +374,55 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def targets(rows: list[dict]) -> str:
+    """Issue 11's targets, met or not, from the rows of this run (auto's engine: openvino on the CPU)."""
+    lines = ["| target | measured | met |", "|---|---|---|"]
+
+    def add(name: str, value: float | None, ok: bool | None) -> None:
+        lines.append(f"| {name} | {'-' if value is None else f'{value:.2f}'} | {'-' if ok is None else ('yes' if ok else 'no')} |")
+
+    def row(config: str, engine: str) -> dict | None:
+        return next((r for r in rows if r["config"] == config and r["engine"].startswith(engine)), None)
+
+    for config in sorted({r["config"] for r in rows}):
+        auto, anomalib, before = row(config, "openvino"), row(config, "anomalib"), row(config, "before")
+        floors = [r["floor_ips"] for r in rows if r["config"] == config and "floor_ips" in r]
+        if auto is None or not floors:
+            continue
+        top = max(floors)
+        predict, fit = auto["predict_ips"] / top, auto["fit_ips"] / top
+        if config == "lite0":
+            add("lite0 predict >= 0.8x fastest floor", predict, predict >= 0.8)
+            add("lite0 fit >= 0.6x fastest floor", fit, fit >= 0.6)
+            if anomalib:
+                add("lite0 predict >= 5x anomalib", auto["predict_ips"] / anomalib["predict_ips"],
+                    auto["predict_ips"] >= 5 * anomalib["predict_ips"])
+                add("lite0 fit >= 3x anomalib", auto["fit_ips"] / anomalib["fit_ips"], auto["fit_ips"] >= 3 * anomalib["fit_ips"])
+                for kind in ("fit", "predict"):
+                    ratio = auto[f"{kind}_peak_mb"] / anomalib[f"{kind}_peak_mb"]
+                    add(f"lite0 {kind} peak <= anomalib's (ratio)", ratio, ratio <= 1)
+        if config == "r18-rd100":
+            add("r18 predict >= 0.8x fastest floor", predict, predict >= 0.8)
+            if anomalib:
+                ratio = auto["predict_ips"] / anomalib["predict_ips"]
+                add("r18 predict >= 2x anomalib", ratio, ratio >= 2)
+        if config == "wr50-rd550" and before:
+            for r in [x for x in rows if x["config"] == config and "floor_ips" in x]:
+                for kind in ("fit", "predict"):
+                    speed = r[f"{kind}_ips"] / before[f"{kind}_ips"]
+                    size = r[f"{kind}_peak_mb"] / before[f"{kind}_peak_mb"]
+                    add(f"wr50 {r['engine']} {kind} no slower than before (speed ratio)", speed, speed >= 1)
+                    add(f"wr50 {r['engine']} {kind} no larger than before (peak ratio)", size, size <= 1)
+        for kind in ("png", "jpeg"):
+            if f"{kind}_ips" in auto:
+                ratio = auto[f"{kind}_ips"] / auto["predict_ips"]
+                add(f"{config} {kind.upper()} files >= 0.6x tensors", ratio, ratio >= 0.6)
+        for kind in ("fit", "predict"):
+            if f"{kind}_contention" in auto:
+                add(f"{config} {kind} under load >= 0.35x quiet", auto[f"{kind}_contention"], auto[f"{kind}_contention"] >= 0.35)
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", default="lite0,r18-rd100")
@@ -385,9 +434,15 @@ def main() -> None:
     parser.add_argument("--no-contention", action="store_true")
     parser.add_argument("--anomalib-python", help="python of an environment with anomalib 2.7.0 (+ torch-padim)")
     parser.add_argument("--before", help="a checkout of an older torch-padim to run beside (its repository root)")
+    parser.add_argument("--report", action="store_true", help="print the table and targets of the saved results only")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     cache = Path(args.cache)
+    if args.report:
+        saved = json.loads(Path(args.out).read_text())["rows"]
+        print(table(saved))
+        print(targets(saved))
+        return
     if args.worker:
         job = json.loads(args.worker)
         paths = {k: Path(v) for k, v in job["paths"].items()}
@@ -420,6 +475,7 @@ def main() -> None:
             if row:
                 rows.append(row)
     print(table(rows))
+    print(targets(rows))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     previous = json.loads(out.read_text()) if out.exists() else {}
