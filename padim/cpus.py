@@ -11,8 +11,12 @@ import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from padim.errors import PadimError
+
+if TYPE_CHECKING:
+    import torch
 
 ENV_VAR = "PADIM_NUM_THREADS"
 
@@ -144,3 +148,12 @@ def parallel_slices(fn: Callable[[slice], None], total: int, step: int, threads:
                 pass
     finally:
         torch.set_num_threads(outer)
+
+
+def run_slices(fn: Callable[[slice], None], total: int, step: int, device: "torch.device") -> None:
+    """parallel_slices on the CPU; on a GPU the slices run in order (the device is parallel already)."""
+    if device.type == "cpu":
+        parallel_slices(fn, total, step)
+    else:
+        for start in range(0, total, step):
+            fn(slice(start, min(start + step, total)))

@@ -84,3 +84,8 @@ def _on_grid(fmap: torch.Tensor, idx: torch.Tensor, h: int, w: int) -> torch.Ten
         return grid[:, None, :, None].expand(fh, h // fh, fw, w // fw, b, c)
     grid = grid.index_select(0, nearest_index(fh, h).to(grid.device))
     return grid.index_select(1, nearest_index(fw, w).to(grid.device))
+
+
+def positions_to_maps(embedding: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Positions-first (h*w, B, d) embeddings as (B, d, h, w) maps (a copy)."""
+    return embedding.permute(1, 2, 0).reshape(embedding.shape[1], embedding.shape[2], *grid)

@@ -2,8 +2,8 @@
 
 The graph takes a normalised image batch "image" (float32, [batch, 3, H, W], batch dynamic, H x W the
 model's preprocessed size) and returns "anomaly_map" ([batch, H, W]) and "score" ([batch]): features up
-to the deepest tap, the Rd channels, Mahalanobis distance (centring in float64, as in PyTorch), bicubic
-upsampling, the Gaussian filter and the maximum. Nothing that may change without refitting lives in the
+to the deepest tap, the Rd channels, Mahalanobis distance (centring on the float32 hi + lo halves of the
+float64 mean, as in PyTorch), bicubic upsampling and the Gaussian filter (one matrix per axis) and the maximum. Nothing that may change without refitting lives in the
 graph: the thresholds, the calibration source and the preprocessing are JSON in the model's
 `metadata_props["padim"]` and in `<path>.json` beside it, so recalibrating never changes the graph.
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from padim.cpus import parallel_slices
+from padim.cpus import run_slices
 from padim.errors import PadimError
 
 STATS_DTYPE = torch.float64
@@ -258,15 +257,6 @@ def precision_factor(stats: GaussianStats, eps: float, chunk: int = 128) -> torc
     if failed:
         raise PadimError("covariance is not positive definite: the features contain NaN/inf or eps is too small")
     return out
-
-
-def run_slices(fn: Callable[[slice], None], total: int, step: int, device: torch.device) -> None:
-    """parallel_slices on the CPU; on a GPU the slices run in order (the device is parallel already)."""
-    if device.type == "cpu":
-        parallel_slices(fn, total, step)
-    else:
-        for start in range(0, total, step):
-            fn(slice(start, min(start + step, total)))
 
 
 def precision_cholesky(stats: GaussianStats, eps: float, chunk: int = 256) -> torch.Tensor:

@@ -19,7 +19,7 @@ from padim.calibration import DEFAULT_FPR, Calibration, PadimWarning
 from padim.backbone import DEFAULT_BACKBONE, RANDOM, Backbone, build_backbone, spec_for
 from padim.cpus import available_cpus
 from padim.data import Batch, Preprocess, as_items, as_size, check_finite, iter_batches, n_batches
-from padim.embedding import random_channels, split_by_tap
+from padim.embedding import positions_to_maps, random_channels, split_by_tap
 from padim.engine import AUTO, Engine, TapEmbedding, build_engine, resolve
 from padim.errors import PadimError
 from padim.gaussian import BatchBuffer, GaussianStats, pack_lower, precision_factor, unpack_lower
@@ -72,8 +72,7 @@ class PadimNet(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Patch embeddings (B, d, h, w) of a normalised batch."""
-        emb = self.embed_positions(x)
-        return emb.permute(1, 2, 0).reshape(emb.shape[1], emb.shape[2], *self.grid)
+        return positions_to_maps(self.embed_positions(x), self.grid)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Anomaly maps at the input's size and image scores."""
@@ -415,8 +414,7 @@ class PaDiM:
 
     def transform(self, images: Any) -> np.ndarray:
         """Patch embeddings (N, d, h, w) of images, float32 (Rd channels, or PCA components once fitted)."""
-        parts = [emb.permute(1, 2, 0).reshape(emb.shape[1], emb.shape[2], *self.net_.grid).cpu().numpy()
-                 for _, emb in self._embeddings(as_items(images), "embed")]
+        parts = [positions_to_maps(emb, self.net_.grid).cpu().numpy() for _, emb in self._embeddings(as_items(images), "embed")]
         return np.concatenate(parts)
 
     def predict_batches(self, images: Any) -> Iterator[tuple[Batch, torch.Tensor, torch.Tensor]]:

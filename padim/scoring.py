@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from padim import paper
-from padim.gaussian import run_slices
+from padim.cpus import run_slices
 
 _CHUNK_BYTES = 1 << 23  # about 8 MB of float32 products per slice of positions
 
