@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from padim import staircase
 from padim.cpus import run_slices
 from padim.errors import PadimError
 
@@ -233,16 +234,18 @@ class BatchBuffer:
         self.filled = 0
 
 
-def precision_factor(stats: GaussianStats, eps: float, chunk: int = 128) -> torch.Tensor:
-    """U = W^T (upper triangular, float32, contiguous) with W = L^-1, so that precision = W^T W = U U^T.
+def precision_factor(stats: GaussianStats, eps: float, chunk: int = 128) -> list[torch.Tensor]:
+    """The stairs (padim.staircase) of U = W^T, float32, with W = L^-1, so that precision = W^T W = U U^T.
 
     Cholesky rather than LU: the covariances are symmetric positive definite, and batched LU
     inversion is unstable for them when N < d (torch 2.14 reports bogus pivots with >1 thread).
-    U is what scoring multiplies by (row vectors x U), so it is stored in that layout. Positions
-    are processed in chunks to bound the float64 working memory.
+    U is what scoring multiplies by (row vectors x U). Positions are processed in chunks to bound
+    the float64 working memory; the dense U is never held for all positions.
     """
     n_pos, dim = stats.mean.shape
-    out = torch.empty(n_pos, dim, dim, dtype=torch.float32, device=stats.mean.device)
+    edges = staircase.stair_edges(dim)
+    stairs = [torch.empty(n_pos, b, b - a, dtype=torch.float32, device=stats.mean.device)
+              for a, b in zip(edges, edges[1:])]
     failed = []
 
     def factor_slice(sl: slice) -> None:
@@ -251,14 +254,16 @@ def precision_factor(stats: GaussianStats, eps: float, chunk: int = 128) -> torc
             failed.append(sl.start)
             return
         eye = torch.eye(dim, dtype=lower.dtype, device=lower.device).expand_as(lower)
-        out[sl] = torch.linalg.solve_triangular(lower.mT, eye, upper=True)  # L^-T = W^T
+        upper = torch.linalg.solve_triangular(lower.mT, eye, upper=True)  # L^-T = W^T
+        for (a, b), blk in zip(zip(edges, edges[1:]), stairs):
+            blk[sl] = upper[:, :b, a:b]
 
     run_slices(factor_slice, n_pos, chunk, stats.mean.device)
     if failed:
         raise PadimError("covariance is not positive definite: the features contain NaN/inf or eps is too small")
-    return out
+    return stairs
 
 
 def precision_cholesky(stats: GaussianStats, eps: float, chunk: int = 256) -> torch.Tensor:
-    """Inverse Cholesky factor W = L^-1 of every covariance (so precision = W^T W), as float32 (a view of U^T)."""
-    return precision_factor(stats, eps, chunk).transpose(1, 2)
+    """Inverse Cholesky factor W = L^-1 of every covariance (so precision = W^T W), as dense float32."""
+    return staircase.to_upper(precision_factor(stats, eps, chunk)).transpose(1, 2)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from padim import paper
+from padim import paper, staircase
 from padim.calibration import DEFAULT_FPR, Calibration, PadimWarning
 from padim.backbone import DEFAULT_BACKBONE, RANDOM, Backbone, build_backbone, spec_for
 from padim.cpus import available_cpus
@@ -22,7 +22,7 @@ from padim.data import Batch, Preprocess, as_items, as_size, check_finite, iter_
 from padim.embedding import positions_to_maps, random_channels, split_by_tap
 from padim.engine import AUTO, Engine, TapEmbedding, build_engine, resolve
 from padim.errors import PadimError
-from padim.gaussian import BatchBuffer, GaussianStats, pack_lower, precision_factor, unpack_lower
+from padim.gaussian import BatchBuffer, GaussianStats, precision_factor
 from padim.modelfile import read_model, write_model
 from padim.scoring import image_scores, mahalanobis, patch_distances, smooth_maps, smoothing_matrices, split_mean
 
@@ -30,8 +30,9 @@ from padim.scoring import image_scores, mahalanobis, patch_distances, smooth_map
 class PadimNet(nn.Module):
     """Pure torch PaDiM: normalised (B, 3, H, W) images -> anomaly maps (B, H, W) and image scores (B,).
 
-    Its buffers are the only copy of the fitted Gaussians: `mean` (P, d) float64 and `factor_t`
-    (P, d, d) float32, U = W^T with W = L^-1 the inverse Cholesky factor (precision = W^T W).
+    Its buffers are the only copy of the fitted Gaussians: `mean` (P, d) float64 and `factor_0` ...
+    `factor_{k-1}`, the stairs (padim.staircase) of U = W^T, float32, with W = L^-1 the inverse
+    Cholesky factor (precision = W^T W).
     """
 
     def __init__(self, backbone: Backbone, channel_indices: torch.Tensor, sigma: float,
@@ -44,7 +45,7 @@ class PadimNet(nn.Module):
             self.grid = tuple(backbone.extractor(torch.zeros(1, 3, *self.size))[0].shape[-2:])
         m_h, m_w = smoothing_matrices(self.grid, self.size, self.sigma)
         self.register_buffer("mean", torch.empty(0, dtype=torch.float64))
-        self.register_buffer("factor_t", torch.empty(0))
+        self.n_stairs = 0
         self.register_buffer("projection", torch.empty(0))  # PCA components (D, d), when used
         self.register_buffer("mean_hi", torch.empty(0), persistent=False)
         self.register_buffer("mean_lo", torch.empty(0), persistent=False)
@@ -56,10 +57,19 @@ class PadimNet(nn.Module):
         """The tapped backbone."""
         return self.features.extractor
 
-    def set_gaussians(self, mean: torch.Tensor, factor_t: torch.Tensor) -> None:
-        """Install fitted means (P, d) and factors U (P, d, d)."""
+    @property
+    def factor(self) -> list[torch.Tensor]:
+        """The stairs of U = W^T (padim.staircase), one buffer each."""
+        return [getattr(self, f"factor_{j}") for j in range(self.n_stairs)]
+
+    def set_gaussians(self, mean: torch.Tensor, stairs: list[torch.Tensor]) -> None:
+        """Install fitted means (P, d) and the stairs of the factors U."""
         self.mean = mean
-        self.factor_t = factor_t
+        for j in range(len(stairs), self.n_stairs):
+            delattr(self, f"factor_{j}")
+        for j, blk in enumerate(stairs):
+            self.register_buffer(f"factor_{j}", blk)
+        self.n_stairs = len(stairs)
         self.mean_hi, self.mean_lo = split_mean(mean)
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
@@ -80,13 +90,13 @@ class PadimNet(nn.Module):
 
     def score_positions(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Anomaly maps (B, H, W) and image scores (B,) from positions-first embeddings (centred in place)."""
-        dist = patch_distances(embedding, self.factor_t, self.mean_hi, self.mean_lo)
+        dist = patch_distances(embedding, self.factor, self.mean_hi, self.mean_lo)
         maps = smooth_maps(dist.T.reshape(embedding.shape[1], *self.grid), self.smooth_h, self.smooth_w)
         return maps, image_scores(maps)
 
     def patch_distances(self, embedding: torch.Tensor) -> torch.Tensor:
         """Mahalanobis distance (B, h, w) of every patch of (B, d, h, w) embeddings to its position's Gaussian."""
-        return mahalanobis(embedding, self.mean, self.factor_t.transpose(1, 2))
+        return mahalanobis(embedding, self.mean, staircase.to_upper(self.factor).transpose(1, 2))
 
 
 @dataclass
@@ -367,9 +377,9 @@ class PaDiM:
 
     @property
     def precision_cholesky_(self) -> torch.Tensor:
-        """Inverse Cholesky factors W (P, d, d), precision = W^T W: a view of the network's U = W^T."""
+        """Inverse Cholesky factors W (P, d, d), precision = W^T W: built densely on access from the network's stairs."""
         self._require_fitted()
-        return self.net_.factor_t.transpose(1, 2)
+        return staircase.to_upper(self.net_.factor).transpose(1, 2)
 
     @property
     def embedding_dim_(self) -> int:
@@ -487,7 +497,7 @@ class PaDiM:
         """
         meta = self.metadata()
         meta["precision_dtype"] = "float16" if half else "float32"
-        factor = pack_lower(self.precision_cholesky_)  # the file stores W's lower triangle
+        factor = staircase.to_packed(self.net_.factor)  # the file stores W's lower triangle
         tensors = {
             "mean": self.mean_,
             "precision_cholesky": factor.half() if half else factor,
@@ -601,8 +611,8 @@ class PaDiM:
         if meta.get("statistics"):
             self.stats_ = GaussianStats.from_packed(n, mean, tensors.pop("scatter").to(self.device))
         self.n_samples_seen_ = n
-        factor_t = unpack_lower(tensors.pop("precision_cholesky").to(self.device), d, torch.float32, transpose=True)
-        self.net_.set_gaussians(mean, factor_t)
+        stairs = staircase.from_packed(tensors.pop("precision_cholesky").to(self.device), d)
+        self.net_.set_gaussians(mean, stairs)
         self.calibration_ = self._calibration_from_file(path, tensors, meta)
 
     @staticmethod

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from padim import paper
+from padim import paper, staircase
 from padim.cpus import run_slices
+from padim.staircase import whitened_sq_norms
 
 _CHUNK_BYTES = 1 << 23  # about 8 MB of float32 products per slice of positions
 
@@ -26,26 +27,26 @@ def centre_(x: torch.Tensor, mean_hi: torch.Tensor, mean_lo: torch.Tensor) -> to
     return x.sub_(mean_hi[:, None, :]).sub_(mean_lo[:, None, :])
 
 
-def patch_distances(embedding: torch.Tensor, factor_t: torch.Tensor, mean_hi: torch.Tensor | None = None,
+def patch_distances(embedding: torch.Tensor, stairs: list[torch.Tensor], mean_hi: torch.Tensor | None = None,
                     mean_lo: torch.Tensor | None = None, chunk: int | None = None) -> torch.Tensor:
-    """Mahalanobis distances (P, B) of positions-first (P, B, d) embeddings, given U = W^T (precision = W^T W).
+    """Mahalanobis distances (P, B) of positions-first (P, B, d) embeddings, given the stairs of U = W^T.
 
     With mean_hi/mean_lo (split_mean) the embeddings are centred first, in place. Row b of x_p U is
-    (W_p x_pb)^T, so one batched product per slice of positions gives every patch's whitened vector;
-    its norm is the distance. Slices run in parallel on the CPU (padim.cpus.parallel_slices).
+    (W_p x_pb)^T (precision = W^T W), so batched products give every patch's whitened vector; its
+    norm is the distance. Slices of positions run in parallel on the CPU (padim.cpus.parallel_slices).
     """
     p, b, d = embedding.shape
-    if torch.jit.is_tracing():  # one product: a traced loop would bake the trace's batch into the graph
+    if torch.jit.is_tracing():  # no slice loop: a traced loop would bake the trace's batch into the graph
         if mean_hi is not None:
             embedding = (embedding - mean_hi[:, None, :]) - mean_lo[:, None, :]
-        return torch.linalg.vector_norm(torch.bmm(embedding, factor_t.to(embedding.dtype)), dim=-1)
+        return torch.sqrt(whitened_sq_norms(embedding, stairs))
     out = torch.empty(p, b, dtype=embedding.dtype, device=embedding.device)
 
     def distances(sl: slice) -> None:
         x = embedding[sl]
         if mean_hi is not None:
             centre_(x, mean_hi[sl], mean_lo[sl])
-        torch.linalg.vector_norm(torch.bmm(x, factor_t[sl].to(x.dtype)), dim=-1, out=out[sl])
+        torch.sqrt(whitened_sq_norms(x, [blk[sl] for blk in stairs]), out=out[sl])
 
     run_slices(distances, p, chunk or max(1, _CHUNK_BYTES // (4 * b * d)), embedding.device)
     return out
@@ -56,7 +57,8 @@ def mahalanobis(embedding: torch.Tensor, mean: torch.Tensor, prec_chol: torch.Te
     """Mahalanobis distance of every patch, (B, d, h, w) -> (B, h, w), with precision = W^T W (W = prec_chol)."""
     b, d, h, w = embedding.shape
     x = embedding.flatten(2).permute(2, 0, 1).to(torch.float32, copy=True)  # (P, B, d)
-    return patch_distances(x, prec_chol.transpose(1, 2), *split_mean(mean), chunk=chunk).T.reshape(b, h, w)
+    stairs = staircase.from_upper(prec_chol.transpose(1, 2))
+    return patch_distances(x, stairs, *split_mean(mean), chunk=chunk).T.reshape(b, h, w)
 
 
 def gaussian_kernel(sigma: float, truncate: float = paper.GAUSSIAN_TRUNCATE) -> torch.Tensor:

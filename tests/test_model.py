@@ -143,7 +143,7 @@ def test_nan_features_at_predict_time_name_the_image(split, monkeypatch) -> None
 def test_nan_in_the_model_fails_prediction_naming_the_image(split) -> None:
     model = PaDiM(**TINY).fit(split[0])
     model.net_.mean[7, 0] = float("nan")
-    model.net_.set_gaussians(model.net_.mean, model.net_.factor_t)
+    model.net_.set_gaussians(model.net_.mean, model.net_.factor)
     with pytest.raises(PadimError, match=r"anomaly score is NaN/inf"):
         model.predict(split[1][:2])
 
