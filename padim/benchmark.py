@@ -359,5 +359,37 @@ def combined_table(runs: list[tuple[Config, list[CategoryResult]]], table: str |
     return "\n".join(lines) + "\n"
 
 
+def paper_table(runs: list[tuple[Config, list[CategoryResult]]], table: str = "table_III",
+                options: Options | None = None) -> str:
+    """The paper's table with every one of its columns: ours beside the paper where we ran it, else quoted.
+
+    Methods we did not run (AE-SSIM, AE-L2, Student, Patch SVDD, ...) show the paper's numbers, marked
+    "quoted": they are transcribed, not reproduced. Cells are (pixel AUROC, PRO) percentages.
+    """
+    spec = paper_results()[table]
+    ours = {config.name: ({r.category: r.metrics for r in results}, group_means(results)) for config, results in runs}
+    columns = list(spec["columns"]) + [c.name for c, _ in runs if c.name not in spec["columns"]]
+    heads = [spec["column_names"].get(c, c) + ("" if c in ours else " (quoted)") for c in columns]
+    caption = f"{spec['caption']}: ours / paper where run here, the paper's value (quoted) elsewhere"
+    if options is not None and options.weights == "random":
+        caption += "; RANDOM backbone weights, not ImageNet: not comparable with the paper"
+    names = list(dict.fromkeys([r.category for _, results in runs for r in results]))
+    groups = list(dict.fromkeys(g for per, means in ours.values() for g in means))
+
+    def cell(column: str, name: str) -> str:
+        pair = "(" + ", ".join(_num(v) for v in _paper_pair(spec["rows"].get(column, {}), name)) + ")"
+        if column not in ours:
+            return pair
+        per, means = ours[column]
+        m = per.get(name) or means.get(name) or {}
+        return f"({_pct(m.get('pixel_auroc'))}, {_pct(m.get('au_pro'))}) / {pair}"
+
+    lines = [caption, "", "| category | " + " | ".join(heads) + " |", "|" + "---|" * (1 + len(columns))]
+    for name in names + groups:
+        label = name if name in names else f"**{name}**"
+        lines.append(f"| {label} | " + " | ".join(cell(c, name) for c in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _num(value: float | None) -> str:
     return "-" if value is None else f"{value}"

@@ -428,7 +428,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_benchmark(args: argparse.Namespace) -> None:
     """padim benchmark."""
-    from padim.benchmark import CONFIGS, Options, combined_table, config_for, markdown_table, results_json, run_benchmark
+    from padim.benchmark import (CONFIGS, Options, combined_table, config_for, markdown_table, paper_table, results_json,
+                                 run_benchmark)
     from padim.datasets import mvtec, stc
 
     configs = [config_for(args.config) if m == "padim" else CONFIGS[m] for m in args.method]
@@ -455,6 +456,11 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
         print(markdown, end="")
         combined = {"methods": [results_json(c, r, options, table) for c, r in runs]}
         _save_report(args.output, f"{args.dataset}-combined", combined, markdown)
+    if args.dataset == "mvtec" and table in (None, "table_III"):
+        markdown = paper_table(runs, "table_III", options)
+        print(markdown, end="")
+        _save_report(args.output, "mvtec-table-iii", {"methods": [results_json(c, r, options, "table_III") for c, r in runs]},
+                     markdown)
 
 
 def _print_progress(result: Any) -> None:
