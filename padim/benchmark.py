@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import resource
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -21,6 +20,7 @@ from padim.datasets import MVTEC_TEXTURES, Split, nonaligned, transform_masks
 from padim.errors import PadimError
 from padim.metrics import au_pro, image_auroc, pixel_auroc
 from padim.model import PaDiM
+from padim.plan import peak_rss_mb, reset_peak_rss  # noqa: F401 - measured here, and by benchmarks/
 
 
 @dataclass(frozen=True)
@@ -76,27 +76,6 @@ def paper_row(config: Config, table: str | None = None) -> tuple[str | None, dic
 
 
 # ----------------------------------------------------------------------------- memory
-def reset_peak_rss() -> None:
-    """Start a new peak-RSS measurement (Linux: /proc/self/clear_refs)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory since the last reset (VmHWM), in MB; the process peak where unavailable."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 # ----------------------------------------------------------------------------- evaluation
 def score_split(
     predict: Callable[[list], tuple[np.ndarray, np.ndarray]], split: Split, masks: np.ndarray, images: list

@@ -86,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     fit = sub.add_parser("fit", parents=[common], help="fit a model on a folder of good images")
     fit.add_argument("train_dir", help="folder of images of good parts")
-    fit.add_argument("-o", "--output", required=True, help="model file to write (.safetensors)")
+    fit.add_argument("-o", "--output", help="model file to write (.safetensors; required unless --plan)")
+    fit.add_argument("--plan", action="store_true",
+                     help="print the fit's and predict's peak memory, file sizes and time per image, then stop")
     fit.add_argument("--backbone", default=DEFAULT_BACKBONE,
                      help=f"{', '.join(BACKBONES)} or any timm model with --layers (default: {DEFAULT_BACKBONE})")
     fit.add_argument("--layers", type=lambda s: tuple(s.split(",")), help="comma-separated module names to tap")
@@ -189,14 +191,21 @@ def cmd_fit(args: argparse.Namespace) -> None:
     """padim fit."""
     from padim.model import PaDiM
 
-    out = Path(args.output)
-    if not out.parent.is_dir():
+    if args.output is None and not args.plan:
+        raise PadimError("fit needs -o MODEL_FILE (or --plan to only print the plan)")
+    out = Path(args.output or ".")
+    if args.output and not out.parent.is_dir():
         raise PadimError(f"{out}: output folder {out.parent} does not exist")
     t0 = time.perf_counter()
     model = PaDiM(backbone=args.backbone, layers=args.layers, n_features=args.n_features, reduction=args.reduction, eps=args.eps,
                   image_size=args.image_size, crop_size=args.crop_size, seed=args.seed, device=args.device,
                   batch_size=args.batch_size, weights=args.weights, verbose=not args.quiet,
                   holdout=args.holdout, fpr=args.fpr, engine=args.engine, threads=args.threads)
+    if args.plan:
+        from padim.data import as_items
+
+        print("\n".join(model.plan(len(as_items(args.train_dir))).lines()))
+        return
     if args.distributed:
         from padim.distributed import fit_distributed, init_from_env
 

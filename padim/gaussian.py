@@ -234,7 +234,15 @@ class BatchBuffer:
         self.filled = 0
 
 
-def precision_factor(stats: GaussianStats, eps: float, chunk: int = 128) -> list[torch.Tensor]:
+FACTOR_CHUNK_BYTES = 1 << 26  # float64 working memory per thread of the factorisation (3 d x d matrices a position)
+
+
+def factor_chunk(dim: int) -> int:
+    """Positions factorised at once per thread: 128, fewer for large d (WR50-Rd550: 8, 64 MB not 0.9 GB)."""
+    return max(1, min(128, FACTOR_CHUNK_BYTES // (3 * 8 * dim * dim)))
+
+
+def precision_factor(stats: GaussianStats, eps: float, chunk: int | None = None) -> list[torch.Tensor]:
     """The stairs (padim.staircase) of U = W^T, float32, with W = L^-1, so that precision = W^T W = U U^T.
 
     Cholesky rather than LU: the covariances are symmetric positive definite, and batched LU
@@ -258,12 +266,12 @@ def precision_factor(stats: GaussianStats, eps: float, chunk: int = 128) -> list
         for (a, b), blk in zip(zip(edges, edges[1:]), stairs):
             blk[sl] = upper[:, :b, a:b]
 
-    run_slices(factor_slice, n_pos, chunk, stats.mean.device)
+    run_slices(factor_slice, n_pos, chunk or factor_chunk(dim), stats.mean.device)
     if failed:
         raise PadimError("covariance is not positive definite: the features contain NaN/inf or eps is too small")
     return stairs
 
 
-def precision_cholesky(stats: GaussianStats, eps: float, chunk: int = 256) -> torch.Tensor:
+def precision_cholesky(stats: GaussianStats, eps: float, chunk: int | None = None) -> torch.Tensor:
     """Inverse Cholesky factor W = L^-1 of every covariance (so precision = W^T W), as dense float32."""
     return staircase.to_upper(precision_factor(stats, eps, chunk)).transpose(1, 2)

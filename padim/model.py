@@ -24,6 +24,7 @@ from padim.engine import AUTO, Engine, TapEmbedding, build_engine, resolve
 from padim.errors import PadimError
 from padim.gaussian import BatchBuffer, GaussianStats, precision_factor
 from padim.modelfile import read_model, write_model
+from padim.plan import Plan, make_plan
 from padim.scoring import image_scores, mahalanobis, patch_distances, smooth_maps, smoothing_matrices, split_mean
 
 
@@ -244,9 +245,20 @@ class PaDiM:
         """Fit the per-position Gaussians on images of good parts (replaces any previous fit)."""
         self._init_network()
         self.calibration_: Calibration | None = None
-        fit_items, held = self.split_holdout(as_items(images))
+        items = as_items(images)
+        make_plan(self, len(items), measure=False).check()
+        fit_items, held = self.split_holdout(items)
         self.partial_fit(fit_items)
         return self._calibrate_holdout(held)
+
+    def plan(self, n_images: int, measure: bool = True) -> Plan:
+        """Peak memory, file sizes and time per image of fitting n_images, before any image is read.
+
+        Builds the network and (measure=True) runs one batch of zeros through the engine to time it.
+        """
+        if not hasattr(self, "net_"):
+            self._init_network()
+        return make_plan(self, n_images, measure)
 
     def split_holdout(self, items: list) -> tuple[list, list]:
         """(images to fit, good images held out for calibration): a seeded split by `holdout`."""
