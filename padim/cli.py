@@ -65,6 +65,9 @@ def engine_here(device: str = "cpu") -> str:
     return f"{name} {ver} on {device}, {available_cpus()} threads"
 
 
+PRESETS = ("paper", "full-frame")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every sub-command."""
     from padim import __version__
@@ -95,10 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--n-features", type=_n_features, help="Rd: number of random channels kept, or 'all'")
     fit.add_argument("--reduction", choices=["random", "pca"], default="random",
                      help="keep n-features random channels (Rd, default) or principal components (pca)")
-    fit.add_argument("--image-size", type=_size, default=paper.MVTEC_RESIZE,
-                     help=f"resize to N or HxW (default: {paper.MVTEC_RESIZE})")
+    fit.add_argument("--preset", choices=PRESETS, default="paper",
+                     help="paper: resize 256, centre crop 224 (the paper's MVTec AD protocol: the outer band of every "
+                          "image is not inspected); full-frame: the whole image, aspect ratio kept, about 224x224 "
+                          "pixels, no crop (for production)")
+    fit.add_argument("--image-size", type=_size, default=None,
+                     help=f"resize to N or HxW (default: the preset's; paper: {paper.MVTEC_RESIZE})")
     fit.add_argument("--crop-size", type=_size, default=paper.MVTEC_CROP,
-                     help=f"center crop N or HxW, or 'none' (default: {paper.MVTEC_CROP})")
+                     help=f"center crop N or HxW, or 'none' (default: the preset's; paper: {paper.MVTEC_CROP})")
     fit.add_argument("--eps", type=float, default=paper.EPSILON, help=f"covariance regulariser (default: {paper.EPSILON})")
     fit.add_argument("--seed", type=int, default=0, help="seed of the Rd channel draw")
     fit.add_argument("--holdout", type=float, default=0.0,
@@ -197,8 +204,9 @@ def cmd_fit(args: argparse.Namespace) -> None:
     if args.output and not out.parent.is_dir():
         raise PadimError(f"{out}: output folder {out.parent} does not exist")
     t0 = time.perf_counter()
+    image_size, crop_size = preset_sizes(args)
     model = PaDiM(backbone=args.backbone, layers=args.layers, n_features=args.n_features, reduction=args.reduction, eps=args.eps,
-                  image_size=args.image_size, crop_size=args.crop_size, seed=args.seed, device=args.device,
+                  image_size=image_size, crop_size=crop_size, seed=args.seed, device=args.device,
                   batch_size=args.batch_size, weights=args.weights, verbose=not args.quiet,
                   holdout=args.holdout, fpr=args.fpr, engine=args.engine, threads=args.threads)
     if args.plan:
@@ -223,6 +231,28 @@ def cmd_fit(args: argparse.Namespace) -> None:
           f"({out.stat().st_size / 1e6:.1f} MB)")
     if model.calibration_ is not None:
         print(model.calibration_.describe())
+
+
+def preset_sizes(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(image size, crop size) of the preset, explicit --image-size / --crop-size taking precedence.
+
+    full-frame reads the first training image's header (not its pixels) for the frame's aspect ratio.
+    """
+    if args.preset == "paper":
+        return args.image_size or paper.MVTEC_RESIZE, args.crop_size
+    if args.image_size is not None:
+        return args.image_size, None
+    from PIL import Image
+
+    from padim.data import as_items, full_frame_size
+
+    first = as_items(args.train_dir)[0].source
+    try:
+        with Image.open(first) as im:
+            width, height = im.size
+    except (OSError, ValueError) as exc:
+        raise PadimError(f"{first}: cannot read the image header for --preset full-frame ({exc})") from None
+    return full_frame_size(height, width), None
 
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
@@ -293,8 +323,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
             row["defective"] = bool(pred.decisions[k])
         rows.append(row)
     if not args.no_overlays:
-        low = min((float(m.min()) for m in pred.maps), default=np.inf) if pred else np.inf
-        high = max((float(m.max()) for m in pred.maps), default=-np.inf) if pred else -np.inf
+        low = min((float(np.nanmin(m)) for m in pred.maps), default=np.inf) if pred else np.inf
+        high = max((float(np.nanmax(m)) for m in pred.maps), default=-np.inf) if pred else -np.inf
         vmin, vmax = distributed.global_range(low, high)
         for k, i in enumerate(indices):
             name, amap = pred.names[k], pred.maps[k]
@@ -371,6 +401,7 @@ def cmd_info(args: argparse.Namespace) -> None:
         f"positions       {'x'.join(map(str, meta.get('feature_shape', [])))}",
         f"preprocessing   resize {'x'.join(map(str, pre.get('image_size', [])))} bicubic, "
         + (f"center crop {'x'.join(map(str, crop))}" if crop else "no crop"),
+        f"inspected       {_coverage(pre)}",
         f"eps, sigma      {meta.get('eps')}, {meta.get('sigma')}",
         f"training images {meta.get('n_samples_seen')}",
         f"statistics      {'stored (resumable)' if meta.get('statistics') else 'not stored'}",
@@ -381,6 +412,17 @@ def cmd_info(args: argparse.Namespace) -> None:
         f"engine here     {engine_here()} (model files are engine-independent; --engine to choose)",
     ]
     print("\n".join(lines))
+
+
+def _coverage(pre: dict[str, Any]) -> str:
+    """What share of every image the model sees, for padim info."""
+    from padim.data import Preprocess
+
+    fh, fw = Preprocess.from_dict(pre).inspected_fraction()
+    if fh == fw == 1.0:
+        return "the whole image (no crop)"
+    return (f"centre {fh:.1%} x {fw:.1%} of every image ({fh * fw:.1%} of its area); the rest is NOT inspected "
+            f"(NaN in original-size maps, hatched in overlays)")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:

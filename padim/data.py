@@ -82,14 +82,21 @@ class Preprocess:
         top, left, ch, cw = self.crop_box()
         return t[top : top + ch, left : left + cw].numpy().astype(bool)
 
+    def inspected_fraction(self) -> tuple[float, float]:
+        """Shares of an image's height and width the model sees (the centre crop; 1.0 without one)."""
+        (h, w), (ch, cw) = self.image_size, self.output_size
+        return ch / h, cw / w
+
     def to_original(self, maps: torch.Tensor, original_size: Size) -> torch.Tensor:
         """Map (B, h, w) maps on the preprocessed grid back onto an original image's grid.
 
-        Pixels cut away by the crop were never seen by the model: they get 0 (no evidence).
+        Pixels cut away by the crop were never seen by the model: they are NaN, "not inspected"
+        (drawn hatched in overlays), and so are the few next to them whose bicubic interpolation
+        reaches into that border. A defect there can never read as a low score.
         """
         top, left, ch, cw = self.crop_box()
         if self.crop_size is not None:
-            canvas = maps.new_zeros((maps.shape[0], *self.image_size))
+            canvas = maps.new_full((maps.shape[0], *self.image_size), float("nan"))
             canvas[:, top : top + ch, left : left + cw] = maps
             maps = canvas
         return resize(maps[:, None], original_size)[:, 0]
@@ -113,6 +120,16 @@ class Preprocess:
             mean=tuple(d["mean"]),  # type: ignore[arg-type]
             std=tuple(d["std"]),  # type: ignore[arg-type]
         )
+
+
+def full_frame_size(height: int, width: int, area: int = paper.MVTEC_CROP**2, multiple: int = 32) -> Size:
+    """Backbone input size that covers a whole height x width frame (no crop): its aspect ratio kept,
+    about `area` pixels (the paper's 224 x 224 crop: the same positions, memory and time), sides a
+    multiple of 32 (the deepest stride of the backbones, so the feature grid divides evenly)."""
+    if min(height, width) < 1:
+        raise PadimError(f"frame size must be positive, got {height}x{width}")
+    scale = math.sqrt(area / (height * width))
+    return tuple(max(multiple, round(n * scale / multiple) * multiple) for n in (height, width))  # type: ignore[return-value]
 
 
 def resize(x: torch.Tensor, size: Size) -> torch.Tensor:

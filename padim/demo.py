@@ -55,7 +55,7 @@ def run_texture(root: Path, texture: str, verbose: bool, seed: int = 0) -> DemoR
 def write_overlays(folder: Path, model: PaDiM, paths: list[Path], maps: np.ndarray, masks: list[np.ndarray],
                    scores: np.ndarray) -> None:
     """Save 'image | heat map with ground-truth contour' PNGs, named by score rank, on one colour scale."""
-    vmin, vmax = float(maps.min()), float(maps.max())
+    vmin, vmax = float(np.nanmin(maps)), float(np.nanmax(maps))
     for rank, i in enumerate(np.argsort(-scores)):
         rgb = (model.preprocess_.resized(read_image(paths[i])).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         panel = heatmap_overlay(rgb, maps[i], vmin=vmin, vmax=vmax, mask=masks[i])

@@ -13,6 +13,8 @@ from padim.errors import PadimError
 MASK_COLOUR = (0, 255, 0)
 THRESHOLD_COLOUR = (255, 0, 0)
 GAP_COLOUR = 255
+NOT_INSPECTED_COLOUR = (128, 128, 128)  # hatch lines over pixels the model never saw (NaN in the map)
+HATCH_SPACING, HATCH_WIDTH = 8, 2
 
 
 def as_rgb(image: np.ndarray) -> np.ndarray:
@@ -49,6 +51,12 @@ def contour(region: np.ndarray) -> np.ndarray:
     return inner | outer
 
 
+def hatch(shape: tuple[int, ...]) -> np.ndarray:
+    """Diagonal stripes: True on lines HATCH_WIDTH px wide every HATCH_SPACING px."""
+    rows, cols = np.indices(shape[:2])
+    return (rows + cols) % HATCH_SPACING < HATCH_WIDTH
+
+
 def _check_shape(name: str, array: np.ndarray, shape: tuple[int, ...]) -> None:
     """Raise if a per-pixel array does not match the image's height and width."""
     if array.shape != shape:
@@ -64,7 +72,10 @@ def heatmap_overlay(
     mask: np.ndarray | None = None,
     threshold: float | None = None,
 ) -> np.ndarray:
-    """The image with its anomaly map blended on top in "jet" colours, plus optional contours."""
+    """The image with its anomaly map blended on top in "jet" colours, plus optional contours.
+
+    Non-finite map pixels (NaN: not inspected, outside the crop) are drawn hatched, never coloured.
+    """
     import matplotlib
 
     rgb = as_rgb(image)
@@ -74,6 +85,10 @@ def heatmap_overlay(
         raise PadimError(f"alpha must be in [0, 1], got {alpha}")
     colours = matplotlib.colormaps["jet"](normalise(scores, vmin, vmax))[..., :3] * 255.0
     out = np.clip(np.rint((1.0 - alpha) * rgb + alpha * colours), 0, 255).astype(np.uint8)
+    unseen = ~np.isfinite(scores)
+    if unseen.any():  # not inspected: the image dimmed under grey diagonal hatching, no heat colour
+        out[unseen] = rgb[unseen] // 2
+        out[unseen & hatch(scores.shape)] = NOT_INSPECTED_COLOUR
     if mask is not None:
         mask = np.asarray(mask)
         _check_shape("mask", mask, rgb.shape[:2])

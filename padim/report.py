@@ -232,7 +232,7 @@ def colour_range(maps: Any, max_sample: int = 1_000_000) -> tuple[float, float]:
     sample = sample[np.isfinite(sample)]
     if sample.size == 0:
         return 0.0, 1.0
-    vmax = max(float(np.max(m)) for m in maps)
+    vmax = max(float(np.max(m, initial=-np.inf, where=np.isfinite(m))) for m in maps)  # NaN: not inspected
     return min(float(np.median(sample)), vmax), vmax
 
 

@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from padim import paper
 from padim.errors import PadimError
 
 TEXTURES = ("brick", "grass", "gravel")
@@ -219,6 +220,33 @@ def paint_defect(
     return _to_rgb_uint8(out), mask
 
 
+def _border_band(size: int) -> int:
+    """Width in pixels of the band the paper's centre crop (256 -> 224) never sees, on each side."""
+    return max(1, round(size * (paper.MVTEC_RESIZE - paper.MVTEC_CROP) / 2 / paper.MVTEC_RESIZE))
+
+
+def move_to_border(good: np.ndarray, defective: np.ndarray, mask: np.ndarray,
+                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The defect (every pixel the painter changed) moved so its centre lies in the outer band of one side."""
+    changed = np.any(defective != good, axis=2) | mask
+    rows, cols = np.nonzero(changed)
+    if rows.size == 0:
+        return defective, mask
+    h, w = mask.shape
+    band = _border_band(min(h, w))
+    target = [rng.uniform(0, h), rng.uniform(0, w)]
+    side = int(rng.integers(4))  # top, bottom, left, right
+    axis, extent = side // 2, (h, w)[side // 2]
+    target[axis] = rng.uniform(0, band) if side % 2 == 0 else rng.uniform(extent - band, extent)
+    dy, dx = int(round(target[0] - rows.mean())), int(round(target[1] - cols.mean()))
+    nr, nc = rows + dy, cols + dx
+    keep = (nr >= 0) & (nr < h) & (nc >= 0) & (nc < w)
+    out, moved = good.copy(), np.zeros_like(mask)
+    out[nr[keep], nc[keep]] = defective[rows[keep], cols[keep]]
+    moved[nr[keep], nc[keep]] = mask[rows[keep], cols[keep]]
+    return out, moved
+
+
 def _save(path: Path, array: np.ndarray) -> None:
     """Write an array as a PNG, creating parent folders."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -226,7 +254,8 @@ def _save(path: Path, array: np.ndarray) -> None:
 
 
 def _write_set(
-    category: Path, texture: str, n_train: int, n_test_good: int, n_test_defect: int, size: int, seed: int
+    category: Path, texture: str, n_train: int, n_test_good: int, n_test_defect: int, size: int, seed: int,
+    defects_at: str = "anywhere",
 ) -> None:
     """Write all images and masks of one category into an empty folder."""
     rng = np.random.default_rng(seed)
@@ -242,6 +271,8 @@ def _write_set(
         good = _good_part(photo, size, "test", rng)
         donor = _good_part(load_texture(others[rng.integers(len(others))]), size, "train", rng)
         defective, mask = paint_defect(good, str(kind), rng, donor)
+        if defects_at == "border":
+            defective, mask = move_to_border(good, defective, mask, rng)
         name = f"{counters[kind]:03d}"
         counters[kind] += 1
         _save(category / "test" / str(kind) / f"{name}.png", defective)
@@ -256,8 +287,15 @@ def make_inspection_set(
     n_test_defect: int = 20,
     size: int = 192,
     seed: int = 0,
+    defects_at: str = "anywhere",
 ) -> Path:
-    """Write (replacing any previous one) an MVTec-AD-like category under root/<texture>/ and return it."""
+    """Write (replacing any previous one) an MVTec-AD-like category under root/<texture>/ and return it.
+
+    defects_at="border" puts every defect's centre in the outer band the paper's 256 -> 224 centre
+    crop never sees (6.25% of the side), to measure what a preprocessing covers.
+    """
+    if defects_at not in ("anywhere", "border"):
+        raise PadimError(f"defects_at must be 'anywhere' or 'border', got {defects_at!r}")
     if texture not in TEXTURES:
         raise PadimError(f"unknown texture {texture!r}; choose one of {TEXTURES}")
     if min(n_train, n_test_good, n_test_defect) < 0:
@@ -272,7 +310,7 @@ def make_inspection_set(
     # build beside the target and swap in, so a failure never leaves a half-written or stale mix
     staging = Path(tempfile.mkdtemp(prefix=f".{texture}-", dir=root))
     try:
-        _write_set(staging, texture, n_train, n_test_good, n_test_defect, size, seed)
+        _write_set(staging, texture, n_train, n_test_good, n_test_defect, size, seed, defects_at)
         if category.exists():
             shutil.rmtree(category)
         staging.rename(category)
