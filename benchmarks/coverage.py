@@ -31,9 +31,10 @@ HERE = Path(__file__).resolve().parent
 
 
 def presets(size: int) -> dict[str, dict]:
-    """The two presets for square size x size images."""
-    return {"paper": dict(image_size=256, crop_size=224), "full-frame": dict(image_size=full_frame_size(size, size),
-                                                                             crop_size=None)}
+    """The presets for square size x size images; full-frame-256 has the paper's magnification (+31% positions)."""
+    return {"paper": dict(image_size=256, crop_size=224),
+            "full-frame": dict(image_size=full_frame_size(size, size), crop_size=None),
+            "full-frame-256": dict(image_size=full_frame_size(size, size, area=256**2), crop_size=None)}
 
 
 def score(category: Path, params: dict) -> dict:
@@ -60,6 +61,7 @@ def main() -> None:
     parser.add_argument("--n-good", type=int, default=20)
     parser.add_argument("--n-defect", type=int, default=40)
     parser.add_argument("--size", type=int, default=192)
+    parser.add_argument("--presets", default="paper,full-frame,full-frame-256")
     parser.add_argument("--out", default=str(HERE / "results" / "coverage.json"))
     args = parser.parse_args()
     rows = []
@@ -71,6 +73,8 @@ def main() -> None:
                 category = make_inspection_set(Path(tmp) / where, texture, args.n_train, args.n_good, args.n_defect,
                                                size=args.size, seed=0, defects_at=where)
                 for name, params in presets(args.size).items():
+                    if name not in args.presets.split(","):
+                        continue
                     r = {"set": where, "texture": texture, "preset": name, **score(category, params)}
                     size = params["crop_size"] or params["image_size"]
                     r["input"] = f"{size[0]}x{size[1]}" if isinstance(size, tuple) else f"{size}x{size}"
@@ -79,7 +83,7 @@ def main() -> None:
                           f"{r['defect_pixels_inspected']:.1%} | {r['image_auroc']:.3f} | {r['pixel_auroc']:.3f} | "
                           f"{r['au_pro']:.3f} |", flush=True)
     for where in ("anywhere", "border"):
-        for name in ("paper", "full-frame"):
+        for name in args.presets.split(","):
             sel = [r for r in rows if r["set"] == where and r["preset"] == name]
             if sel:
                 mean = {k: float(np.mean([r[k] for r in sel])) for k in ("image_auroc", "pixel_auroc", "au_pro")}
