@@ -398,7 +398,7 @@ async def read_upload_within(request: Request, max_bytes: int, timeout_s: float)
     try:
         return await asyncio.wait_for(read_upload(request, max_bytes), timeout_s)
     except asyncio.TimeoutError:
-        raise _fail(408, f"upload not complete after {timeout_s:g} s: send the whole body at once",
+        raise _fail(408, f"upload not complete after {timeout_s:g} s (the server's body timeout)",
                     Connection="close") from None
 
 
@@ -510,6 +510,19 @@ def create_app(
             "X-Content-Type-Options": "nosniff",
         })
 
+    async def _receive(request: Request, client: str) -> tuple[bytes, str]:
+        """The upload, counted against its client's bound while it arrives."""
+        uploading[client] += 1
+        try:
+            return await read_upload_within(request, max_upload_bytes, body_timeout_s)
+        except ClientDisconnect:
+            log.warning("%s disconnected during the upload to %s: request dropped", client, request.url.path)
+            raise _fail(400, "client disconnected during the upload") from None
+        finally:
+            uploading[client] -= 1
+            if uploading[client] <= 0:
+                del uploading[client]
+
     @app.post("/predict")
     async def predict(
         request: Request,
@@ -570,19 +583,6 @@ def create_app(
             return JSONResponse(body)
         finally:
             state["pending"] -= 1
-
-    async def _receive(request: Request, client: str) -> tuple[bytes, str]:
-        """The upload, counted against its client's bound while it arrives."""
-        uploading[client] += 1
-        try:
-            return await read_upload_within(request, max_upload_bytes, body_timeout_s)
-        except ClientDisconnect:
-            log.warning("%s disconnected during the upload to %s: request dropped", client, request.url.path)
-            raise _fail(400, "client disconnected during the upload") from None
-        finally:
-            uploading[client] -= 1
-            if uploading[client] <= 0:
-                del uploading[client]
 
     return app
 
