@@ -63,7 +63,7 @@ def start_server(model: Path, log: Path, max_batch: int, timeout: float) -> tupl
     with open(log, "w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "padim.cli", "serve", str(model), "--host", HOST, "--port", "0", "-q",
-             "--max-batch", str(max_batch)],
+             "--max-batch", str(max_batch), "--max-uploads-per-client", "256"],  # all its clients are 127.0.0.1
             stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:

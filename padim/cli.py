@@ -50,6 +50,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_seconds(text: str) -> float:
+    """argparse type: a finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
 def engine_here(device: str = "cpu") -> str:
     """What engine='auto' picks on this machine, with its version and thread count (nothing is built)."""
     from importlib.metadata import PackageNotFoundError, version
@@ -185,6 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-upload-mb", type=float, default=20, help="largest accepted upload in MiB (default: 20)")
     serve.add_argument("--max-pixels", type=int, default=40_000_000, help="largest accepted image in pixels (default: 40000000)")
     serve.add_argument("--max-batch", type=int, default=8, help="most requests scored in one forward pass (default: 8)")
+    serve.add_argument("--body-timeout", type=_positive_seconds, default=30.0, metavar="SECONDS",
+                       help="an upload not received within this is answered 408 and its connection closed (default: 30)")
+    serve.add_argument("--max-uploads-per-client", type=_positive_int, default=8, metavar="N",
+                       help="uploads received at once from one client address; more are answered 429 (default: 8)")
+    serve.add_argument("--api-docs", action="store_true", help="serve FastAPI's /docs, /redoc and /openapi.json (default: off)")
 
     export = sub.add_parser("export", help="write the model as an ONNX graph (needs the 'export' extra)")
     export.add_argument("model", help="model file")
@@ -544,7 +560,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         raise PadimError("--max-upload-mb, --max-pixels and --max-batch must be positive")
     model = PaDiM.load(args.model, weights=args.weights, device=args.device, engine=args.engine, threads=args.threads, batch_size=args.batch_size)
     serve(model, host=args.host, port=args.port, access_log=not args.quiet,
-          max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels, max_batch=args.max_batch)
+          max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels, max_batch=args.max_batch,
+          body_timeout_s=args.body_timeout, max_uploads_per_client=args.max_uploads_per_client, api_docs=args.api_docs)
 
 
 COMMANDS = {"fit": cmd_fit, "predict": cmd_predict, "calibrate": cmd_calibrate, "info": cmd_info, "evaluate": cmd_evaluate,

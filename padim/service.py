@@ -8,12 +8,18 @@ Routes
     GET  /health    model and limits, JSON.
     GET  /          a self-contained page: drop an image, see the overlay and the verdict.
 
-Bad requests get one-line answers (``{"detail": "..."}``): 413 upload or pixel count over the limit,
-415 content type that is not an image, 422 missing or undecodable image, 503 when busy.
+Bad requests get one-line answers (``{"detail": "..."}``): 408 upload not complete in time, 413 upload or
+pixel count over the limit, 415 content type that is not an image, 422 missing or undecodable image,
+429 too many uploads at once from one client address, 503 when busy. A client that disconnects
+mid-upload is one line in the server log, never a traceback. ``/docs``, ``/redoc`` and ``/openapi.json``
+are off unless ``api_docs=True`` (``padim serve --api-docs``).
 
 Memory stays bounded whatever the clients do:
 - at most ``max_queue`` requests are in flight (being received, decoded, waiting or scored); the next
   one is answered 503 at once, before its body is read;
+- slow or stalled clients cannot hold those slots: a body not received within ``body_timeout_s`` is
+  answered 408 and its connection closed, and one client address has at most
+  ``max_uploads_per_client`` bodies being received at a time (the next is answered 429 at once);
 - uploads are read as a stream and abandoned past ``max_upload_bytes`` (413), a too-large
   Content-Length is refused before anything is read;
 - the pixel count is read from the image header before decoding (413), only a fixed set of plain
@@ -34,9 +40,12 @@ import contextlib
 import html
 import io
 import json
+import logging
+import math
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -53,6 +62,7 @@ try:  # the optional `serve` extra
     from fastapi.responses import HTMLResponse, JSONResponse, Response
     from starlette.datastructures import UploadFile
     from starlette.formparsers import MultiPartException, MultiPartParser
+    from starlette.requests import ClientDisconnect
 
     try:
         import python_multipart  # noqa: F401 - Starlette needs it to parse uploads
@@ -72,11 +82,14 @@ DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_BATCH = 8
 DEFAULT_MAX_WAIT_MS = 10.0
 DEFAULT_MAX_QUEUE = 64
+DEFAULT_BODY_TIMEOUT_S = 30.0  # a whole upload must arrive within this (20 MiB needs ~6 Mbit/s)
+DEFAULT_MAX_UPLOADS_PER_CLIENT = 8  # bodies being received at once from one client address
 MULTIPART_SLACK = 64 * 1024  # room for the multipart boundaries and part headers around the file
 MAX_OVERLAY_SIDE = 1024  # overlays of larger images are drawn at this longest side
 # Formats opened from uploads: plain raster formats only (no EPS/PostScript, no exotic plugins).
 SAFE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF", "PPM")
 VERDICT_COLOURS = {"defect": "#c62828", "ok": "#2e7d32", "score": "#1565c0"}
+log = logging.getLogger("uvicorn.error")  # the server's log: its handlers and format
 
 
 def _fail(status: int, message: str, **headers: str) -> HTTPException:
@@ -380,6 +393,20 @@ async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, str]:
     return data, _clean_name(request.headers.get("x-filename"))
 
 
+async def read_upload_within(request: Request, max_bytes: int, timeout_s: float) -> tuple[bytes, str]:
+    """`read_upload`, answered 408 (and the connection closed) when the body is not in after `timeout_s`."""
+    try:
+        return await asyncio.wait_for(read_upload(request, max_bytes), timeout_s)
+    except asyncio.TimeoutError:
+        raise _fail(408, f"upload not complete after {timeout_s:g} s (the server's body timeout)",
+                    Connection="close") from None
+
+
+def _client_address(request: Request) -> str:
+    """The client's address (the proxy's, unless uvicorn trusts its forwarded headers)."""
+    return request.client.host if request.client else "unknown"
+
+
 # --------------------------------------------------------------------------------------- the app
 def _describe(model: Any) -> dict[str, Any]:
     pre = model.preprocess_
@@ -405,6 +432,9 @@ def create_app(
     max_queue: int = DEFAULT_MAX_QUEUE,
     decode_workers: int = 2,
     max_overlay_side: int = MAX_OVERLAY_SIDE,
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+    max_uploads_per_client: int = DEFAULT_MAX_UPLOADS_PER_CLIENT,
+    api_docs: bool = False,
 ) -> FastAPI:
     """A FastAPI app that scores uploaded images with a fitted PaDiM `model` (see the module docstring)."""
     from padim import __version__
@@ -414,9 +444,12 @@ def create_app(
         model.engine_for_device()  # built (exported, compiled, checked) now, not on the first request
     for label, value, low in (("max_upload_bytes", max_upload_bytes, 1), ("max_pixels", max_pixels, 1),
                               ("max_queue", max_queue, 1), ("decode_workers", decode_workers, 1),
-                              ("max_overlay_side", max_overlay_side, 16)):
+                              ("max_overlay_side", max_overlay_side, 16),
+                              ("max_uploads_per_client", max_uploads_per_client, 1)):
         if not isinstance(value, (int, np.integer)) or value < low:
             raise PadimError(f"{label} must be an integer >= {low}, got {value!r}")
+    if not isinstance(body_timeout_s, (int, float)) or not math.isfinite(body_timeout_s) or body_timeout_s <= 0:
+        raise PadimError(f"body_timeout_s must be a finite number of seconds > 0, got {body_timeout_s!r}")
 
     calibration = getattr(model, "calibration_", None)
     if calibration is not None:  # a fixed colour scale: good pixels blue, the pixel threshold mid-scale
@@ -440,6 +473,7 @@ def create_app(
     batcher = Batcher(run_batch, max_batch, max_wait_ms)
     decode_pool = ThreadPoolExecutor(max_workers=decode_workers, thread_name_prefix="padim-decode")
     state = {"pending": 0, "served": 0}
+    uploading: Counter[str] = Counter()  # bodies being received, per client address
     info = _describe(model)
 
     @contextlib.asynccontextmanager
@@ -448,7 +482,8 @@ def create_app(
         yield
         await batcher.close()
 
-    app = FastAPI(title="torch-padim", version=__version__, lifespan=lifespan,
+    docs = {} if api_docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="torch-padim", version=__version__, lifespan=lifespan, **docs,
                   description="PaDiM anomaly detection: upload an image, get its anomaly score and heat map.")
     app.state.model, app.state.batcher, app.state.requests = model, batcher, state
 
@@ -460,7 +495,8 @@ def create_app(
             **info,
             "version": __version__,
             "limits": {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels, "max_batch": max_batch,
-                       "max_wait_ms": max_wait_ms, "max_queue": max_queue},
+                       "max_wait_ms": max_wait_ms, "max_queue": max_queue, "body_timeout_s": body_timeout_s,
+                       "max_uploads_per_client": max_uploads_per_client},
             "in_flight": state["pending"],
             "served": state["served"],
         }
@@ -474,6 +510,19 @@ def create_app(
             "X-Content-Type-Options": "nosniff",
         })
 
+    async def _receive(request: Request, client: str) -> tuple[bytes, str]:
+        """The upload, counted against its client's bound while it arrives."""
+        uploading[client] += 1
+        try:
+            return await read_upload_within(request, max_upload_bytes, body_timeout_s)
+        except ClientDisconnect:
+            log.warning("%s disconnected during the upload to %s: request dropped", client, request.url.path)
+            raise _fail(400, "client disconnected during the upload") from None
+        finally:
+            uploading[client] -= 1
+            if uploading[client] <= 0:
+                del uploading[client]
+
     @app.post("/predict")
     async def predict(
         request: Request,
@@ -483,13 +532,17 @@ def create_app(
     ) -> Response:
         """Score one image: multipart field `file`, or the raw bytes with Content-Type image/*."""
         t0 = time.perf_counter()
+        client = _client_address(request)
+        if uploading[client] >= max_uploads_per_client:
+            raise _fail(429, f"too many uploads at once from {client} (limit {max_uploads_per_client}), "
+                             "retry shortly", **{"Retry-After": "1", "Connection": "close"})
         if state["pending"] >= max_queue:
             raise _fail(503, f"busy: {state['pending']} requests in progress (limit {max_queue}), retry shortly",
-                        **{"Retry-After": "1"})
+                        **{"Retry-After": "1", "Connection": "close"})
         state["pending"] += 1
         try:
             loop = asyncio.get_running_loop()
-            data, name = await read_upload(request, max_upload_bytes)
+            data, name = await _receive(request, client)
             want_png = overlay or response_format == "png"
             image = await loop.run_in_executor(
                 decode_pool, decode_image, data, name, max_pixels, model.preprocess_.image_size,

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import copy
 import io
+import json
+import logging
 import os
 import shutil
 import socket
@@ -16,6 +19,7 @@ import threading
 import time
 import warnings
 import zlib
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +103,7 @@ def test_health(client: TestClient, model: PaDiM) -> None:
     assert body["image_size"] == [64, 64]
     assert body["calibrated"] is True
     assert body["limits"]["max_batch"] == 8
+    assert body["limits"]["body_timeout_s"] == 30 and body["limits"]["max_uploads_per_client"] == 8
 
 
 def test_page_is_self_contained(client: TestClient) -> None:
@@ -271,6 +276,23 @@ def test_create_app_checks_limits(model: PaDiM) -> None:
         create_app(model, max_batch=0)
     with pytest.raises(PadimError, match="not fitted"):
         create_app(PaDiM(**TINY))
+    for bad in (float("nan"), float("inf"), -1.0, 0, "5"):
+        with pytest.raises(PadimError, match="body_timeout_s"):
+            create_app(model, body_timeout_s=bad)
+    for bad in (0, -3, 2.5):
+        with pytest.raises(PadimError, match="max_uploads_per_client"):
+            create_app(model, max_uploads_per_client=bad)
+
+
+def test_api_docs_are_off_unless_asked_for(model: PaDiM) -> None:
+    with TestClient(create_app(model)) as c:
+        for route in ("/docs", "/redoc", "/openapi.json"):
+            assert c.get(route).status_code == 404, route
+        assert c.get("/health").status_code == 200
+    with TestClient(create_app(model, api_docs=True)) as c:
+        assert "swagger" in c.get("/docs").text.lower()
+        assert c.get("/redoc").status_code == 200
+        assert "/predict" in c.get("/openapi.json").json()["paths"]
 
 
 # ----------------------------------------------------------------------------------- batching and back-pressure
@@ -356,7 +378,154 @@ def test_busy_server_answers_503(model: PaDiM, defect_image: Path) -> None:
         assert c.post("/predict", **upload(defect_image)).status_code == 200  # free again
 
 
+# ----------------------------------------------------------------------------------- hostile clients, on real sockets
+def stalled_upload(port: int, source: str, declared: int = 1024 * 1024, sent: int = 1024) -> socket.socket:
+    """A raw connection from `source` that declares a `declared`-byte image, sends `sent` bytes of it and stalls."""
+    sock = socket.socket()
+    try:
+        sock.bind((source, 0))  # any 127.x.y.z is this machine on Linux: a distinct client address
+    except OSError as exc:
+        sock.close()
+        pytest.skip(f"cannot use {source} as a client address here: {exc}")
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(f"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: image/png\r\n"
+                 f"Content-Length: {declared}\r\n\r\n".encode() + b"x" * sent)
+    return sock
+
+
+def answer(sock: socket.socket, timeout: float) -> tuple[int | None, str | None, bool]:
+    """What the server sent on a raw connection within `timeout`: status, one-line detail, and whether it closed."""
+    sock.settimeout(timeout)
+    data, closed = b"", False
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+        closed = True
+    except TimeoutError:
+        pass
+    except ConnectionResetError:
+        closed = True
+    if not data.startswith(b"HTTP/1.1 "):
+        return None, None, closed
+    head, _, body = data.partition(b"\r\n\r\n")
+    text = json.loads(body)["detail"]
+    assert isinstance(text, str) and "\n" not in text
+    return int(head.split()[1]), text, closed
+
+
+def wait_in_flight(c: httpx.Client, n: int, timeout: float = 10) -> None:
+    """Wait until the server reports `n` requests in flight."""
+    deadline = time.monotonic() + timeout
+    while c.get("/health").json()["in_flight"] != n:
+        assert time.monotonic() < deadline, f"never {n} requests in flight"
+        time.sleep(0.02)
+
+
+def test_stalled_clients_leave_room_for_others(model: PaDiM, good_image: Path) -> None:
+    """70 connections from one address send 1 kB of a declared 1 MiB and stall: others are still served."""
+    app = create_app(model, body_timeout_s=60, max_uploads_per_client=8)  # the timeout plays no part here
+    with running_in_thread(app) as url, httpx.Client(base_url=url, timeout=30) as c:
+        port = int(url.rsplit(":", 1)[1])
+        stalled = [stalled_upload(port, "127.0.0.2") for _ in range(70)]
+        try:
+            wait_in_flight(c, 8)
+            t0 = time.monotonic()
+            r = c.post("/predict", **upload(good_image))
+            latency = time.monotonic() - t0
+            assert r.status_code == 200, r.text
+            assert latency < 5
+            answers = [answer(s, 0.3) for s in stalled]
+        finally:
+            for s in stalled:
+                s.close()
+    statuses = Counter(status for status, _, _ in answers)
+    assert statuses == {429: 62, None: 8}  # 8 still receiving (stalled), the rest refused at once
+    refused = [(text, closed) for status, text, closed in answers if status == 429]
+    assert all(closed and "127.0.0.2" in text and "limit 8" in text for text, closed in refused)
+
+
+def test_stalled_uploads_get_408_and_free_their_slots(model: PaDiM, good_image: Path) -> None:
+    """70 stalled uploads from 70 addresses fill the queue until the body timeout answers them 408."""
+    app = create_app(model, body_timeout_s=2)
+    with running_in_thread(app) as url, httpx.Client(base_url=url, timeout=30) as c:
+        port = int(url.rsplit(":", 1)[1])
+        t0 = time.monotonic()
+        stalled = [stalled_upload(port, f"127.0.0.{2 + i}") for i in range(70)]
+        trickling = threading.Event()
+
+        def trickle() -> None:  # the first one keeps sending a byte at a time: the timeout is on the whole body
+            with contextlib.suppress(OSError):
+                while not trickling.wait(0.1):
+                    stalled[0].send(b"x")
+
+        thread = threading.Thread(target=trickle)
+        thread.start()
+        try:
+            wait_in_flight(c, 64)
+            assert c.post("/predict", **upload(good_image)).status_code == 503  # what clients got before
+            deadline = t0 + 15  # one deadline for all: without a timeout this fails in 15 s, not 70 x 15
+            answers = [answer(s, max(0.01, deadline - time.monotonic())) for s in stalled]
+            elapsed = time.monotonic() - t0
+        finally:
+            trickling.set()
+            thread.join(10)
+            for s in stalled:
+                s.close()
+        assert c.post("/predict", **upload(good_image)).status_code == 200
+    assert Counter(status for status, _, _ in answers) == {408: 64, 503: 6}
+    assert all(closed for _, _, closed in answers)  # every stalled connection is closed by the server
+    assert answers[0][0] == 408 and "2 s" in answers[0][1]
+    assert 2 <= elapsed < 10
+
+
+def test_disconnect_mid_upload_is_one_log_line(model: PaDiM) -> None:
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    server_log = logging.getLogger("uvicorn.error")  # where uvicorn writes "Exception in ASGI application"
+    multipart_start = (b'--b0\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
+                       b"Content-Type: image/png\r\n\r\n" + b"x" * 1000)
+    with running_in_thread(create_app(model)) as url, httpx.Client(base_url=url, timeout=30) as c:
+        server_log.addHandler(handler)
+        try:
+            for media, sent in (("image/png", b"x" * 1000), ("multipart/form-data; boundary=b0", multipart_start)):
+                with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as sock:
+                    sock.sendall(f"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: {media}\r\n"
+                                 f"Content-Length: 100000\r\n\r\n".encode() + sent)
+                    wait_in_flight(c, 1)
+                wait_in_flight(c, 0)
+            assert c.get("/health").status_code == 200
+        finally:
+            server_log.removeHandler(handler)
+    assert len(records) == 2, [r.getMessage() for r in records]
+    for record in records:
+        assert record.exc_info is None and record.levelno == logging.WARNING
+        message = record.getMessage()
+        assert "\n" not in message and "disconnected during the upload" in message and "127.0.0.1" in message
+
+
 # ----------------------------------------------------------------------------------- command line
+def test_serve_options(tmp_path: Path, model: PaDiM, monkeypatch) -> None:
+    args = build_parser().parse_args(["serve", "m.safetensors"])
+    assert (args.body_timeout, args.max_uploads_per_client, args.api_docs) == (30, 8, False)
+    for option, bad in (("--body-timeout", "nan"), ("--body-timeout", "inf"), ("--body-timeout", "-1"),
+                        ("--body-timeout", "0"), ("--body-timeout", "soon"), ("--max-uploads-per-client", "0")):
+        with pytest.raises(SystemExit) as exit_info:
+            build_parser().parse_args(["serve", "m.safetensors", option, bad])
+        assert exit_info.value.code == 2
+
+    import padim.service
+
+    seen: dict = {}
+    monkeypatch.setattr(padim.service, "serve", lambda model, **kwargs: seen.update(kwargs))
+    path = tmp_path / "m.safetensors"
+    model.save(path)
+    assert main(["serve", str(path), "--body-timeout", "2.5", "--max-uploads-per-client", "3", "--api-docs"]) == 0
+    assert (seen["body_timeout_s"], seen["max_uploads_per_client"], seen["api_docs"]) == (2.5, 3, True)
+    assert main(["serve", str(path)]) == 0
+    assert (seen["body_timeout_s"], seen["max_uploads_per_client"], seen["api_docs"]) == (30, 8, False)
+
+
 def test_serve_command_line(tmp_path: Path, model: PaDiM, defect_image: Path, capsys) -> None:
     args = build_parser().parse_args(["serve", "m.safetensors"])
     assert (args.host, args.port, args.max_upload_mb, args.max_pixels, args.max_batch) == (
@@ -391,7 +560,17 @@ def test_serve_command_line(tmp_path: Path, model: PaDiM, defect_image: Path, ca
         with httpx.Client(base_url=url, timeout=30) as c:
             assert c.get("/health").json()["calibrated"] is True
             body = c.post("/predict", **upload(defect_image)).json()
+            assert c.get("/docs").status_code == 404
+            with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as sock:  # leaves mid-upload
+                sock.sendall(b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: image/png\r\n"
+                             b"Content-Length: 5000\r\n\r\n" + b"x" * 100)
+                wait_in_flight(c, 1)
+            wait_in_flight(c, 0)
         assert body["score"] == pytest.approx(float(model.predict([defect_image]).scores[0]), abs=1e-5)
+        text = log.read_text()
+        assert "Traceback" not in text and "Exception" not in text, text
+        assert [line for line in text.splitlines() if "disconnected" in line] == [
+            "WARNING:  127.0.0.1 disconnected during the upload to /predict: request dropped"], text
     finally:
         proc.terminate()
         proc.wait(30)
