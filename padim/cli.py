@@ -202,9 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="uploads received at once from one client address; more are answered 429 (default: 8)")
     serve.add_argument("--api-docs", action="store_true", help="serve FastAPI's /docs, /redoc and /openapi.json (default: off)")
 
-    export = sub.add_parser("export", help="write the model as an ONNX graph (needs the 'export' extra)")
+    export = sub.add_parser("export", help="write an inference bundle folder for padim-runtime, or one ONNX graph (.onnx)")
     export.add_argument("model", help="model file")
-    export.add_argument("-o", "--output", required=True, help="ONNX file to write (metadata also in OUTPUT.json)")
+    export.add_argument("-o", "--output", required=True,
+                        help="bundle folder to write (padim-run runs it without torch), or FILE.onnx for the whole "
+                             "pipeline as one ONNX graph (metadata also in FILE.onnx.json)")
+    export.add_argument("--half", action="store_true", help="bundle: store the factor in float16 (about half the size)")
     export.add_argument("--opset", type=int, default=17, help="ONNX opset, 11 to 20 (default: 17)")
     export.add_argument("--weights", help="backbone weights file the model was fitted with (.pth/.safetensors)")
     return parser
@@ -578,6 +581,13 @@ def cmd_export(args: argparse.Namespace) -> None:
     if not out.parent.is_dir():
         raise PadimError(f"{out}: output folder {out.parent} does not exist")
     model = PaDiM.load(args.model, weights=args.weights)
+    if out.suffix.lower() != ".onnx":
+        from padim.bundle import bundle_size, export_bundle
+
+        export_bundle(model, out, half=args.half)
+        print(f"exported {args.model} -> bundle {out}/ ({bundle_size(out) / 1e6:.1f} MB"
+              f"{', factor in float16' if args.half else ''}): run it with padim-run predict {out} IMAGES -o OUT")
+        return
     export_onnx(model, out, opset=args.opset)
     data = external_data_path(out) if read_metadata(out)["onnx"]["external_data"] else None
     size = out.stat().st_size + (data.stat().st_size if data else 0)

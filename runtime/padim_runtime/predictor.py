@@ -1,0 +1,108 @@
+"""The runtime's predictor: images -> raw score, normalised score, decision and reason, and maps."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from padim_runtime.bundle import Bundle, BundleError, read_bundle
+from padim_runtime.engine import Engine, _threads
+from padim_runtime.image import decode, describe, list_images, preprocess, to_original
+from padim_runtime.scoring import Scorer
+
+REASON_SCORE = "anomaly score above threshold"
+
+
+@dataclass
+class Result:
+    """One image's answer."""
+
+    name: str
+    score: float
+    normalized_score: float | None
+    defective: bool | None
+    reason: str
+    anomaly_map: np.ndarray  # at the original size, NaN where the model did not look
+
+
+def _logistic(x: float, centre: float, spread: float) -> float:
+    """The full package's normalisation: threshold -> 0.5, monotone."""
+    z = min(60.0, max(-60.0, (x - centre) / spread))
+    return float(1.0 / (1.0 + np.exp(-z)))
+
+
+class Predictor:
+    """A loaded bundle: `predict` scores images with the same answers as the full package."""
+
+    def __init__(self, bundle: Bundle, engine: str = "auto", batch_size: int = 8) -> None:
+        self.bundle, self.batch_size = bundle, batch_size
+        m = bundle.manifest
+        self.spec = m["preprocessing"]
+        self.engine = Engine(bundle.graph, engine)
+        self.scorer = Scorer(bundle.mean, bundle.factor, bundle.smooth_h, bundle.smooth_w, tuple(m["grid"]), _threads())
+        self.calibration = m.get("calibration")
+
+    @property
+    def image_threshold(self) -> float | None:
+        """The calibrated image threshold, or None."""
+        return None if self.calibration is None else float(self.calibration["image_threshold"])
+
+    def _spread(self, threshold: float) -> float:
+        """Scale of the normalisation (padim.calibration._spread)."""
+        scores = np.asarray(self.calibration["image_scores"], np.float32)
+        spread = float(np.std(scores)) if len(scores) > 1 else 0.0
+        return spread if spread > 0 else max(abs(threshold) * 0.1, 1e-6)
+
+    def predict(self, images: Any, image_threshold: float | None = None) -> list[Result]:
+        """Results for a folder, a file, or a list of paths / PIL images / uint8 arrays, in order."""
+        return list(self.iter_predict(images, image_threshold))
+
+    def iter_predict(self, images: Any, image_threshold: float | None = None) -> Iterator[Result]:
+        """Results batch by batch (memory flat in the number of images)."""
+        if image_threshold is not None and not np.isfinite(image_threshold):
+            raise BundleError(f"image threshold must be a finite number, got {image_threshold!r}")
+        threshold = self.image_threshold if image_threshold is None else float(image_threshold)
+        items = _items(images)
+        for start in range(0, len(items), self.batch_size):
+            batch = items[start : start + self.batch_size]
+            rgbs = [decode(src, name) for name, src in batch]
+            x = np.stack([preprocess(rgb, self.spec) for rgb in rgbs])
+            emb = self.engine(x)
+            if self.bundle.projection is not None:
+                emb = np.matmul(emb, self.bundle.projection)
+            maps, scores = self.scorer(emb)
+            for (name, _), rgb, amap, score in zip(batch, rgbs, maps, scores):
+                if not np.isfinite(score):
+                    raise BundleError(f"{name}: anomaly score is NaN/inf (NaN/inf features or bundle tensors)")
+                normalized = defective = None
+                reason = ""
+                if threshold is not None:
+                    defective = bool(score > threshold)
+                    reason = REASON_SCORE if defective else ""
+                    if self.calibration is not None:
+                        normalized = _logistic(float(score), threshold, self._spread(threshold))
+                yield Result(name, float(score), normalized, defective, reason,
+                             to_original(amap, self.spec, rgb.shape[1:]))
+
+
+def _items(images: Any) -> list[tuple[str, Any]]:
+    """(name, source) pairs of what predict accepts."""
+    if isinstance(images, (str, os.PathLike)):
+        path = Path(images)
+        if path.is_dir():
+            return [(str(p), p) for p in list_images(path)]
+        if not path.exists():
+            raise BundleError(f"{path}: no such file or folder")
+        return [(str(path), path)]
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        return [(f"array[{i}]", a) for i, a in enumerate(images)]
+    return [(describe(src) if not isinstance(src, np.ndarray) else f"array[{i}]", src) for i, src in enumerate(images)]
+
+
+def load(folder: str | os.PathLike, engine: str = "auto", batch_size: int = 8) -> Predictor:
+    """A predictor for a bundle folder (checked file by file)."""
+    return Predictor(read_bundle(folder), engine, batch_size)

@@ -1,0 +1,70 @@
+"""Bicubic resizing that equals PyTorch's F.interpolate(mode="bicubic", align_corners=False), as matrices.
+
+The full package resizes with PyTorch (antialiased when an image shrinks on either axis); the runtime
+must give the same pixels without torch, so each axis becomes one (n_out, n_in) weight matrix built
+from the same kernels: Keys' cubic convolution with A = -0.75 and clamped borders without antialias,
+and PIL's cubic filter (a = -0.5) stretched over the shrink factor with antialias.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+
+def _keys(t: np.ndarray, a: float) -> np.ndarray:
+    """Cubic convolution kernel of parameter a at distances t."""
+    t = np.abs(t)
+    return np.where(t <= 1, ((a + 2) * t - (a + 3)) * t * t + 1,
+                    np.where(t < 2, ((a * t - 5 * a) * t + 8 * a) * t - 4 * a, 0.0))
+
+
+@lru_cache(maxsize=64)
+def _matrices(n_in: int, n_out: int, antialias: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(weights, taps): (n_out, n_in) float64 weights of one axis of PyTorch's bicubic resize, and which
+    inputs each output reads (a NaN there makes the output NaN in PyTorch, even at a zero weight)."""
+    scale = n_in / n_out
+    out, taps = np.zeros((n_out, n_in)), np.zeros((n_out, n_in), bool)
+    rows = np.arange(n_out)
+    if not antialias:
+        src = (rows + 0.5) * scale - 0.5
+        base = np.floor(src)
+        t = src - base
+        for k in range(-1, 3):
+            idx = np.clip(base + k, 0, n_in - 1).astype(int)
+            np.add.at(out, (rows, idx), _keys(t - k, -0.75))
+            taps[rows, idx] = True
+        return out, taps
+    support = 2.0 * max(scale, 1.0)
+    inv = 1.0 / max(scale, 1.0)
+    for i in range(n_out):
+        centre = scale * (i + 0.5)
+        lo = max(int(centre - support + 0.5), 0)
+        hi = min(int(centre + support + 0.5), n_in)
+        j = np.arange(lo, hi)
+        w = _keys((j - centre + 0.5) * inv, -0.5)
+        total = w.sum()
+        out[i, lo:hi] = w / total if total != 0 else w
+        taps[i, lo:hi] = True
+    return out, taps
+
+
+def resize_matrix(n_in: int, n_out: int, antialias: bool) -> np.ndarray:
+    """(n_out, n_in) float64 weights of one axis of PyTorch's bicubic resize."""
+    return _matrices(n_in, n_out, antialias)[0]
+
+
+def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a (C, H, W) float32 image to (C, *size) as padim.data.resize does (antialias when shrinking; NaN too)."""
+    h, w = image.shape[-2:]
+    if (h, w) == tuple(size):
+        return image
+    antialias = h > size[0] or w > size[1]
+    (rh, th), (rw, tw) = _matrices(h, size[0], antialias), _matrices(w, size[1], antialias)
+    unseen = np.isnan(image)
+    out = np.matmul(np.matmul(rh.astype(np.float32), np.where(unseen, 0, image)), rw.T.astype(np.float32))
+    if unseen.any():  # PyTorch's NaN spreads over every tap window that holds one: so does ours
+        reach = np.matmul(np.matmul(th.astype(np.float32), unseen.astype(np.float32)), tw.T.astype(np.float32))
+        out[reach > 0] = np.nan
+    return out
