@@ -231,7 +231,8 @@ def load_upright(img: Image.Image, name: str, warn_frames: bool = True) -> Image
     return img
 
 
-def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               warn_frames: bool = True) -> torch.Tensor:
     """Decode an image file into a (3, H, W) float32 tensor in [0, 1], upright by its EXIF orientation."""
     path = Path(path)
     if not path.is_file():
@@ -239,7 +240,7 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
     if path.stat().st_size == 0:
         raise PadimError(f"{path}: empty file")
     with open_image(path, str(path), max_pixels) as img:
-        load_upright(img, str(path))
+        load_upright(img, str(path), warn_frames)
         with decode_errors(str(path)):
             return pil_to_tensor(img, str(path))
 
