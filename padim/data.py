@@ -197,10 +197,9 @@ def open_image(source: Any, name: str, max_pixels: int | None = DEFAULT_MAX_PIXE
     (twice Image.MAX_IMAGE_PIXELS) still stands and gives ImageTooLarge.
     """
     max_pixels = check_max_pixels(max_pixels)
-    with decode_errors(name):
-        with _OPEN_LOCK, warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(source, formats=RASTER_FORMATS)
+    with decode_errors(name), _OPEN_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        img = Image.open(source, formats=RASTER_FORMATS)
     width, height = img.size  # from the header: nothing decoded yet
     if max_pixels is not None and width * height > max_pixels:
         img.close()

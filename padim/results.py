@@ -75,7 +75,7 @@ class _Spill:
     def __init__(self, folder: Path, shape: Size) -> None:
         self.shape, self.n = shape, 0
         try:
-            self.file: IO[bytes] = tempfile.TemporaryFile(dir=folder, prefix=".padim-maps-")
+            self.file: IO[bytes] = tempfile.TemporaryFile(dir=folder, prefix=".padim-maps-")  # noqa: SIM115
         except OSError as exc:
             raise PadimError(f"{folder}: cannot write ({exc.strerror})") from None
 

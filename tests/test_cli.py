@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from camera_files import multi_frame, png_header, postscript_as_png, rotated_jpeg
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from camera_files import multi_frame, png_header, postscript_as_png, rotated_jpeg
 from padim.cli import main
 from padim.modelfile import read_model
 
@@ -471,8 +471,8 @@ def test_fit_skips_hidden_and_appledouble_files_and_says_how_many(
     assert main(["fit", str(train), "-o", str(tmp_path / "m.safetensors"), *TINY_ARGS]) == 0
     captured = capsys.readouterr()
     assert f"on {N_TRAIN} images" in captured.out
-    assert captured.err.splitlines() == [f"padim: warning: {train}: skipped 2 hidden image file(s) "
-                                         "(names starting with '.', e.g. macOS ._* files)"]
+    assert captured.err.splitlines() == [(f"padim: warning: {train}: skipped 2 hidden image file(s) "
+                                          "(names starting with '.', e.g. macOS ._* files)")]
 
 
 def test_scores_csv_escapes_file_names_that_look_like_formulas(

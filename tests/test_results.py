@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import csv
+import gc
 import io
 import json
-import gc
 import warnings
 import weakref
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY
 from PIL import Image
 
-from conftest import TINY
 from padim import PaDiM
 from padim.errors import PadimError
 from padim.overlay import heatmap_overlay, side_by_side
