@@ -27,7 +27,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 RASTER_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF", "PPM")
 # Largest image decoded by default (the header is checked first): 40 MP is about 0.5 GB as float32 RGB.
 DEFAULT_MAX_PIXELS = 40_000_000
-_OPEN_LOCK = threading.Lock()  # Image.open runs with a warnings filter set, one thread at a time
+_OPEN_LOCK = threading.Lock()  # Pillow's header and EXIF parsing, with warnings caught: one thread at a time
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
 Size = tuple[int, int]
@@ -190,15 +190,30 @@ def decode_errors(name: str) -> Iterator[None]:
         raise PadimError(f"{name}: corrupt or truncated image ({exc})") from None
 
 
-def open_image(source: Any, name: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Open a path or binary file of an allowed raster format (header only) and check its pixel count.
+@contextmanager
+def pillow_warnings(name: str, warn: bool = True) -> Iterator[None]:
+    """Run Pillow code one thread at a time, what it warns about (e.g. corrupt EXIF) as one warning naming the file.
 
-    Pillow's own decompression-bomb warning is left to this check (max_pixels); its hard limit
-    (twice Image.MAX_IMAGE_PIXELS) still stands and gives ImageTooLarge.
+    Its decompression-bomb warning is dropped: the caller's max_pixels decides (its hard limit still raises).
     """
-    max_pixels = check_max_pixels(max_pixels)
-    with decode_errors(name), _OPEN_LOCK, warnings.catch_warnings():
+    with _OPEN_LOCK, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+    complaints = []
+    for w in caught:
+        if "PIL" in w.filename:
+            complaints.append(" ".join(str(w.message).split()))
+        else:  # another thread's warning, caught in passing: given back as it was
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if complaints and warn:
+        warnings.warn(f"{name}: {'; '.join(dict.fromkeys(complaints))}", stacklevel=3)
+
+
+def open_image(source: Any, name: str, max_pixels: int | None = DEFAULT_MAX_PIXELS, warn: bool = True) -> Image.Image:
+    """Open a path or binary file of an allowed raster format (header only) and check its pixel count."""
+    max_pixels = check_max_pixels(max_pixels)
+    with decode_errors(name), pillow_warnings(name, warn):
         img = Image.open(source, formats=RASTER_FORMATS)
     width, height = img.size  # from the header: nothing decoded yet
     if max_pixels is not None and width * height > max_pixels:
@@ -208,38 +223,44 @@ def open_image(source: Any, name: str, max_pixels: int | None = DEFAULT_MAX_PIXE
     return img
 
 
-def oriented_size(img: Image.Image) -> Size:
+def read_exif(img: Image.Image, name: str, warn: bool = True) -> Image.Exif:
+    """An opened image's EXIF block, parsed once and kept by the image (exif_transpose reuses it)."""
+    with decode_errors(name), pillow_warnings(name, warn):
+        return img.getexif()
+
+
+def oriented_size(img: Image.Image, name: str) -> Size:
     """(height, width) of an opened image once turned upright by its EXIF orientation (from the header)."""
     width, height = img.size
-    with decode_errors(getattr(img, "filename", None) or "image"):
-        orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
+    orientation = read_exif(img, name).get(ExifTags.Base.Orientation, 1)
     return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
 
 
-def load_upright(img: Image.Image, name: str, warn_frames: bool = True) -> Image.Image:
+def load_upright(img: Image.Image, name: str, warn: bool = True) -> Image.Image:
     """Decode the first frame of an opened image and turn it upright by its EXIF orientation, in place.
 
-    Only the first frame or page is used; with warn_frames, a file holding more says so (a warning).
+    Only the first frame or page is used; with warn, a file holding more (or corrupt EXIF) says so (a warning).
     """
     with decode_errors(name):
         frames = int(getattr(img, "n_frames", 1))
-        if frames > 1 and warn_frames:
+        if frames > 1 and warn:
             warnings.warn(f"{name}: holds {frames} frames or pages; only the first is used", stacklevel=2)
         img.load()
+        read_exif(img, name, warn)
         ImageOps.exif_transpose(img, in_place=True)
     return img
 
 
 def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-               warn_frames: bool = True) -> torch.Tensor:
+               warn: bool = True) -> torch.Tensor:
     """Decode an image file into a (3, H, W) float32 tensor in [0, 1], upright by its EXIF orientation."""
     path = Path(path)
     if not path.is_file():
         raise PadimError(f"{path}: no such image file")
     if path.stat().st_size == 0:
         raise PadimError(f"{path}: empty file")
-    with open_image(path, str(path), max_pixels) as img:
-        load_upright(img, str(path), warn_frames)
+    with open_image(path, str(path), max_pixels, warn) as img:
+        load_upright(img, str(path), warn)
         with decode_errors(str(path)):
             return pil_to_tensor(img, str(path))
 

@@ -407,7 +407,7 @@ def image_shape(path: PathLike) -> tuple[int, int]:
     if not path.is_file():
         raise PadimError(f"{path}: no such image file")
     with open_image(path, str(path), max_pixels=None) as img:
-        return oriented_size(img)
+        return oriented_size(img, str(path))
 
 
 def transform_masks(samples: list[Sample], preprocess: Preprocess) -> np.ndarray:

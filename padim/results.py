@@ -119,7 +119,7 @@ class Images(Sequence):
         return len(self.names)
 
     def __getitem__(self, k: int) -> np.ndarray:  # type: ignore[override]
-        rgb = read_image(self.names[k], self.max_pixels, warn_frames=False)
+        rgb = read_image(self.names[k], self.max_pixels, warn=False)
         return (rgb.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
@@ -238,8 +238,8 @@ def _write_tables(out: Path, rows: list[dict[str, Any]], model: PaDiM, model_nam
     """scores.csv and scores.json, each written atomically, with how the thresholds were chosen."""
     _write_text(out / "scores.csv", scores_csv(rows))
     thresholds = {"image": image_threshold, "pixel": pixel_threshold, "how": how}
-    name = model_name if model_name is not None else str(getattr(model, "path_", "") or "")
-    _write_text(out / "scores.json", json.dumps({"model": name, "thresholds": thresholds, "images": rows}, indent=2))
+    _write_text(out / "scores.json", json.dumps({"model": model_name or "", "thresholds": thresholds, "images": rows},
+                                                indent=2))
 
 
 def _write_report(path: Path, model: PaDiM, rows: list[dict[str, Any]], sizes: list[Size], grid_maps: np.ndarray,

@@ -513,3 +513,19 @@ def test_folder_with_only_hidden_images_has_no_images(tmp_path: Path) -> None:
     write_png(tmp_path / ".a.png")
     with pytest.warns(UserWarning, match="skipped 1"), pytest.raises(PadimError, match="no images"):
         list_images(tmp_path)
+
+
+def test_corrupt_exif_gives_one_warning_naming_the_file_and_the_pixels_are_read(tmp_path: Path) -> None:
+    import struct
+
+    ifd_claiming_5_entries_with_1 = (b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 5)
+                                     + struct.pack("<HHII", 0x0112, 3, 1, 6))
+    path = tmp_path / "cam.jpg"
+    Image.new("RGB", (16, 8), (0, 128, 255)).save(path, format="JPEG", exif=b"Exif\x00\x00" + ifd_claiming_5_entries_with_1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rgb = read_image(path)
+    (warning,) = caught  # one line, naming the file (Pillow's own says neither which file nor once)
+    assert str(warning.message).startswith(f"{path}: ") and "EXIF" in str(warning.message)
+    assert "\n" not in str(warning.message)
+    assert rgb.shape[0] == 3 and rgb.numel() == 3 * 16 * 8
