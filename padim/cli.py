@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import os
 import sys
@@ -59,6 +57,22 @@ def _positive_seconds(text: str) -> float:
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
     return value
+
+
+def _add_max_pixels(parser: argparse.ArgumentParser) -> None:
+    """The --max-pixels option of the commands that decode images."""
+    from padim.data import DEFAULT_MAX_PIXELS
+
+    parser.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS,
+                        help=f"largest image decoded, in pixels, checked from its header (default: {DEFAULT_MAX_PIXELS})")
+
+
+def _allow_pixels(max_pixels: int) -> None:
+    """Let Pillow's own decompression-bomb limit (this process's) admit what --max-pixels admits."""
+    from PIL import Image
+
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels
 
 
 def engine_here(device: str = "cpu") -> str:
@@ -194,13 +208,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
     serve.add_argument("--max-upload-mb", type=float, default=20, help="largest accepted upload in MiB (default: 20)")
-    serve.add_argument("--max-pixels", type=int, default=40_000_000, help="largest accepted image in pixels (default: 40000000)")
     serve.add_argument("--max-batch", type=int, default=8, help="most requests scored in one forward pass (default: 8)")
     serve.add_argument("--body-timeout", type=_positive_seconds, default=30.0, metavar="SECONDS",
                        help="an upload not received within this is answered 408 and its connection closed (default: 30)")
     serve.add_argument("--max-uploads-per-client", type=_positive_int, default=8, metavar="N",
                        help="uploads received at once from one client address; more are answered 429 (default: 8)")
     serve.add_argument("--api-docs", action="store_true", help="serve FastAPI's /docs, /redoc and /openapi.json (default: off)")
+
+    for decoding in (fit, predict, calibrate, evaluate, report, serve):
+        _add_max_pixels(decoding)
 
     export = sub.add_parser("export", help="write an inference bundle folder for padim-runtime, or one ONNX graph (.onnx)")
     export.add_argument("model", help="model file")
@@ -227,7 +243,8 @@ def cmd_fit(args: argparse.Namespace) -> None:
     model = PaDiM(backbone=args.backbone, layers=args.layers, n_features=args.n_features, reduction=args.reduction, eps=args.eps,
                   image_size=image_size, crop_size=crop_size, seed=args.seed, device=args.device,
                   batch_size=args.batch_size, weights=args.weights, verbose=not args.quiet,
-                  holdout=args.holdout, fpr=args.fpr, engine=args.engine, threads=args.threads)
+                  holdout=args.holdout, fpr=args.fpr, engine=args.engine, threads=args.threads,
+                  max_pixels=args.max_pixels)
     if args.plan:
         from padim.data import as_items
 
@@ -279,7 +296,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     from padim.model import PaDiM
 
     model = PaDiM.load(args.model, weights=args.weights, device=args.device, engine=args.engine, threads=args.threads,
-                       batch_size=args.batch_size, verbose=not args.quiet)
+                       batch_size=args.batch_size, verbose=not args.quiet, max_pixels=args.max_pixels)
     model.calibrate(args.good_dir, fpr=args.fpr, source=f"good images in {args.good_dir}")
     model.save(args.output or args.model, statistics=model.stats_ is not None)
     print(model.calibration_.describe())
@@ -310,80 +327,27 @@ def _write_text(path: Path, text: str) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> None:
     """padim predict (under torchrun with --distributed: each process scores its shard, rank 0 writes the tables)."""
-    import numpy as np
-
-    from padim.data import read_image
     from padim.model import PaDiM
-    from padim.overlay import heatmap_overlay, save_png, side_by_side
+    from padim.results import write_results
 
     if args.distributed and args.report:
         raise PadimError("--report needs every heat map in one process: run it without --distributed")
-    from padim import distributed  # its helpers act for a single process outside torchrun
-
     if args.distributed:
-        distributed.init_from_env(args.device)
-    model = PaDiM.load(args.model, weights=args.weights, device=args.device, engine=args.engine, threads=args.threads,
-                       batch_size=args.batch_size, verbose=not args.quiet)
-    paths = _expand_inputs(args.inputs)
-    indices = distributed.shard_indices(len(paths))
-    out = Path(args.output)
-    try:
-        (out / "overlays").mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise PadimError(f"{out}: cannot create output folder ({exc.strerror})") from None
-    rows: list[dict[str, Any]] = []
-    pred = model.predict([paths[i] for i in indices], original_size=True, image_threshold=args.image_threshold,
-                         pixel_threshold=args.pixel_threshold) if indices else None
-    for k, i in enumerate(indices):
-        row: dict[str, Any] = {"image": pred.names[k], "score": float(pred.scores[k])}
-        if pred.normalized_scores is not None:
-            row["normalized_score"] = float(pred.normalized_scores[k])
-        if pred.decisions is not None:
-            row["defective"] = bool(pred.decisions[k])
-        rows.append(row)
-    if not args.no_overlays:
-        low = min((float(np.nanmin(m)) for m in pred.maps), default=np.inf) if pred else np.inf
-        high = max((float(np.nanmax(m)) for m in pred.maps), default=-np.inf) if pred else -np.inf
-        vmin, vmax = distributed.global_range(low, high)
-        for k, i in enumerate(indices):
-            name, amap = pred.names[k], pred.maps[k]
-            rgb = (read_image(name).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-            panel = side_by_side(rgb, heatmap_overlay(rgb, amap, vmin=vmin, vmax=vmax, threshold=pred.pixel_threshold))
-            rows[k]["overlay"] = f"overlays/{i:04d}_{Path(name).stem}.png"
-            save_png(out / rows[k]["overlay"], panel)
-    if pred is not None and pred.masks is not None:
-        (out / "masks").mkdir(exist_ok=True)
-        for k, (i, mask) in enumerate(zip(indices, pred.masks)):
-            rows[k]["mask"] = f"masks/{i:04d}_{Path(rows[k]['image']).stem}.png"
-            save_png(out / rows[k]["mask"], np.repeat(mask[:, :, None].astype(np.uint8) * 255, 3, axis=2))
-    all_rows = distributed.gather_rows(list(zip(indices, rows)))
-    if all_rows is None:  # not rank 0: rank 0 writes the tables
-        return
-    rows = [row for _, row in sorted(all_rows, key=lambda pair: pair[0])]
-    _write_scores(out, rows, args, model, pred)
-    if args.report:
-        from padim.report import given_note, write_report
+        from padim.distributed import init_from_env
 
-        write_report(out / "report.html", pred.names, pred.names, pred, model=model,
-                     threshold_note=given_note(model, args.image_threshold, args.pixel_threshold))
+        init_from_env(args.device)
+    model = PaDiM.load(args.model, weights=args.weights, device=args.device, engine=args.engine, threads=args.threads,
+                       batch_size=args.batch_size, verbose=not args.quiet, max_pixels=args.max_pixels)
+    given = args.image_threshold is not None or args.pixel_threshold is not None
+    rows = write_results(model, _expand_inputs(args.inputs), args.output, overlays=not args.no_overlays,
+                         image_threshold=args.image_threshold, pixel_threshold=args.pixel_threshold, report=args.report,
+                         model_name=str(args.model), thresholds_how="given on the command line" if given else None)
+    if rows is None:  # not rank 0: rank 0 wrote the tables
+        return
+    out = Path(args.output)
     n_overlays = sum("overlay" in r for r in rows)
     print(f"scored {len(rows)} images -> {out}/scores.csv, scores.json" + (", report.html" if args.report else "")
           + (f", {n_overlays} overlays" if n_overlays else "") + (" (sharded over processes)" if args.distributed else ""))
-
-
-def _write_scores(out: Path, rows: list[dict[str, Any]], args: argparse.Namespace, model: Any, pred: Any) -> None:
-    """scores.csv and scores.json, with how the thresholds were chosen."""
-    buf = io.StringIO()
-    fields = list(dict.fromkeys(k for row in rows for k in row)) or ["image", "score"]
-    writer = csv.DictWriter(buf, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(rows)
-    _write_text(out / "scores.csv", buf.getvalue())
-    given = args.image_threshold is not None or args.pixel_threshold is not None
-    thresholds = {"image": pred.image_threshold, "pixel": pred.pixel_threshold,
-                  "how": "given on the command line" if given
-                  else (model.calibration_.describe() if model.calibration_ is not None else "none: model not calibrated")}
-    _write_text(out / "scores.json", json.dumps({"model": str(args.model), "thresholds": thresholds, "images": rows}, indent=2))
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -392,7 +356,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     from padim.report import report_from_files
 
     model = PaDiM.load(args.model, weights=args.weights, device=args.device, engine=args.engine, threads=args.threads,
-                       batch_size=args.batch_size, verbose=not args.quiet)
+                       batch_size=args.batch_size, verbose=not args.quiet, max_pixels=args.max_pixels)
     pred = report_from_files(args.output, model, args.inputs, args.masks_dir, args.title,
                              args.image_threshold, args.pixel_threshold)
     print(f"report of {len(pred.scores)} images -> {args.output}")
@@ -481,7 +445,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from padim.model import PaDiM
 
     model = PaDiM.load(args.model, weights=args.weights, device=args.device, engine=args.engine, threads=args.threads,
-                       batch_size=args.batch_size, verbose=not args.quiet)
+                       batch_size=args.batch_size, verbose=not args.quiet, max_pixels=args.max_pixels)
     rows = []
     for dataset in args.datasets:
         path = Path(dataset)
@@ -561,7 +525,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     if args.max_upload_mb <= 0 or args.max_pixels < 1 or args.max_batch < 1:
         raise PadimError("--max-upload-mb, --max-pixels and --max-batch must be positive")
-    model = PaDiM.load(args.model, weights=args.weights, device=args.device, engine=args.engine, threads=args.threads, batch_size=args.batch_size)
+    model = PaDiM.load(args.model, weights=args.weights, device=args.device, engine=args.engine, threads=args.threads,
+                       batch_size=args.batch_size, max_pixels=args.max_pixels)
     serve(model, host=args.host, port=args.port, access_log=not args.quiet,
           max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels, max_batch=args.max_batch,
           body_timeout_s=args.body_timeout, max_uploads_per_client=args.max_uploads_per_client, api_docs=args.api_docs)
@@ -613,6 +578,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: one-line errors and exit code 2 for bad input, no traceback."""
     args = build_parser().parse_args(argv)
     warnings.showwarning = _one_line_warning
+    if getattr(args, "max_pixels", None):
+        _allow_pixels(args.max_pixels)
     try:
         COMMANDS[args.command](args)
     except PadimError as exc:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import math
 import os
+import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -13,12 +16,18 @@ from typing import Any, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from padim import paper
-from padim.errors import PadimError
+from padim.errors import ImageTooLarge, PadimError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# The only formats decoded anywhere (files, masks, uploads): plain raster formats. Pillow knows many more,
+# some of which run external programs (EPS/PostScript runs Ghostscript) or exotic parsers.
+RASTER_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF", "PPM")
+# Largest image decoded by default (the header is checked first): 40 MP is about 0.5 GB as float32 RGB.
+DEFAULT_MAX_PIXELS = 40_000_000
+_OPEN_LOCK = threading.Lock()  # Pillow's header and EXIF parsing, with warnings caught: one thread at a time
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
 Size = tuple[int, int]
@@ -140,36 +149,137 @@ def resize(x: torch.Tensor, size: Size) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=shrinking)
 
 
+def is_hidden(path: Path) -> bool:
+    """A dot-file or dot-folder: editor and OS droppings such as .thumb.png, or macOS AppleDouble ._x.png."""
+    return path.name.startswith(".")
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Visible image files directly inside a folder, unsorted; one warning says how many hidden ones were skipped."""
+    files, hidden = [], 0
+    for p in folder.iterdir():
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
+            if is_hidden(p):
+                hidden += 1
+            else:
+                files.append(p)
+    if hidden:
+        warnings.warn(f"{folder}: skipped {hidden} hidden image file(s) (names starting with '.', "
+                      f"e.g. macOS ._* files)", stacklevel=2)
+    return files
+
+
 def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files directly inside a folder, sorted by name."""
+    """Visible image files directly inside a folder, sorted by name (hidden and AppleDouble files skipped)."""
     path = Path(folder)
     if not path.exists():
         raise PadimError(f"{path}: no such file or folder")
     if not path.is_dir():
         raise PadimError(f"{path}: not a folder")
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(image_files(path))
     if not files:
         raise PadimError(f"{path}: folder has no images ({', '.join(IMAGE_SUFFIXES)})")
     return files
 
 
-def read_image(path: str | os.PathLike) -> torch.Tensor:
-    """Decode an image file into a (3, H, W) float32 tensor in [0, 1]."""
+def check_max_pixels(max_pixels: int | None) -> int | None:
+    """A pixel limit as given (a positive int), or None for no limit of padim's own."""
+    if max_pixels is None:
+        return None
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1:
+        raise PadimError(f"max_pixels must be a positive integer or None, got {max_pixels!r}")
+    return int(max_pixels)
+
+
+@contextmanager
+def decode_errors(name: str) -> Iterator[None]:
+    """Turn what Pillow raises on a bad or hostile file into a one-line PadimError naming it."""
+    try:
+        yield
+    except PadimError:
+        raise
+    except UnidentifiedImageError:
+        raise PadimError(f"{name}: not a readable image (unsupported format or corrupt; "
+                         f"accepted: {', '.join(RASTER_FORMATS)})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLarge(f"{name}: {exc} (Pillow's limit, PIL.Image.MAX_IMAGE_PIXELS)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise PadimError(f"{name}: corrupt or truncated image ({exc})") from None
+
+
+@contextmanager
+def pillow_warnings(name: str, warn: bool = True) -> Iterator[None]:
+    """Run Pillow code one thread at a time, what it warns about (e.g. corrupt EXIF) as one warning naming the file.
+
+    Its decompression-bomb warning is dropped: the caller's max_pixels decides (its hard limit still raises).
+    """
+    with _OPEN_LOCK, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+    complaints = []
+    for w in caught:
+        if "PIL" in w.filename:
+            complaints.append(" ".join(str(w.message).split()))
+        else:  # another thread's warning, caught in passing: given back as it was
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if complaints and warn:
+        warnings.warn(f"{name}: {'; '.join(dict.fromkeys(complaints))}", stacklevel=3)
+
+
+def open_image(source: Any, name: str, max_pixels: int | None = DEFAULT_MAX_PIXELS, warn: bool = True) -> Image.Image:
+    """Open a path or binary file of an allowed raster format (header only) and check its pixel count."""
+    max_pixels = check_max_pixels(max_pixels)
+    with decode_errors(name), pillow_warnings(name, warn):
+        img = Image.open(source, formats=RASTER_FORMATS)
+    width, height = img.size  # from the header: nothing decoded yet
+    if max_pixels is not None and width * height > max_pixels:
+        img.close()
+        raise ImageTooLarge(f"{name}: {width}x{height} = {width * height:,} pixels exceeds the limit of "
+                            f"{max_pixels:,} pixels (max_pixels, --max-pixels)")
+    return img
+
+
+def read_exif(img: Image.Image, name: str, warn: bool = True) -> Image.Exif:
+    """An opened image's EXIF block, parsed once and kept by the image (exif_transpose reuses it)."""
+    with decode_errors(name), pillow_warnings(name, warn):
+        return img.getexif()
+
+
+def oriented_size(img: Image.Image, name: str) -> Size:
+    """(height, width) of an opened image once turned upright by its EXIF orientation (from the header)."""
+    width, height = img.size
+    orientation = read_exif(img, name).get(ExifTags.Base.Orientation, 1)
+    return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
+
+
+def load_upright(img: Image.Image, name: str, warn: bool = True) -> Image.Image:
+    """Decode the first frame of an opened image and turn it upright by its EXIF orientation, in place.
+
+    Only the first frame or page is used; with warn, a file holding more (or corrupt EXIF) says so (a warning).
+    """
+    with decode_errors(name):
+        frames = int(getattr(img, "n_frames", 1))
+        if frames > 1 and warn:
+            warnings.warn(f"{name}: holds {frames} frames or pages; only the first is used", stacklevel=2)
+        img.load()
+        read_exif(img, name, warn)
+        ImageOps.exif_transpose(img, in_place=True)
+    return img
+
+
+def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               warn: bool = True) -> torch.Tensor:
+    """Decode an image file into a (3, H, W) float32 tensor in [0, 1], upright by its EXIF orientation."""
     path = Path(path)
     if not path.is_file():
         raise PadimError(f"{path}: no such image file")
     if path.stat().st_size == 0:
         raise PadimError(f"{path}: empty file")
-    try:
-        with Image.open(path) as img:
-            img.load()
+    with open_image(path, str(path), max_pixels, warn) as img:
+        load_upright(img, str(path), warn)
+        with decode_errors(str(path)):
             return pil_to_tensor(img, str(path))
-    except UnidentifiedImageError:
-        raise PadimError(f"{path}: not a readable image (unsupported format or corrupt)") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        if isinstance(exc, PadimError):
-            raise
-        raise PadimError(f"{path}: corrupt or truncated image ({exc})") from None
 
 
 def pil_to_tensor(img: Image.Image, name: str) -> torch.Tensor:
@@ -247,12 +357,13 @@ class Item:
     name: str
     source: Any  # a Path, or an in-memory image
 
-    def load(self) -> torch.Tensor:
-        """Decode to (3, H, W) float in [0, 1]."""
+    def load(self, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+        """Decode to (3, H, W) float in [0, 1]; files and PIL images upright by their EXIF orientation."""
         if isinstance(self.source, Path):
-            return read_image(self.source)
+            return read_image(self.source, max_pixels)
         if isinstance(self.source, Image.Image):
-            return pil_to_tensor(self.source, self.name)
+            with decode_errors(self.name):
+                return pil_to_tensor(ImageOps.exif_transpose(self.source), self.name)
         if isinstance(self.source, np.ndarray):
             return array_to_tensor(self.source, self.name)
         return tensor_to_tensor(self.source, self.name)
@@ -298,9 +409,9 @@ class Batch:
     original_sizes: list[Size]
 
 
-def _prepare(item: Item, preprocess: Preprocess) -> tuple[torch.Tensor, Size]:
+def _prepare(item: Item, preprocess: Preprocess, max_pixels: int | None) -> tuple[torch.Tensor, Size]:
     """Load and preprocess one item."""
-    rgb = item.load()
+    rgb = item.load(max_pixels)
     return preprocess(rgb), (int(rgb.shape[1]), int(rgb.shape[2]))
 
 
@@ -316,21 +427,23 @@ def decode_threads(workers: int | None) -> int:
 
 
 def iter_batches(
-    items: list[Item], preprocess: Preprocess, batch_size: int, workers: int | None = None
+    items: list[Item], preprocess: Preprocess, batch_size: int, workers: int | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> Iterator[Batch]:
     """Yield preprocessed batches; with decoding threads, the next batch is decoded during the caller's work."""
     if batch_size < 1:
         raise PadimError(f"batch size must be >= 1, got {batch_size}")
+    check_max_pixels(max_pixels)
     chunks = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
     threads = decode_threads(workers)
     if threads == 0:
         for chunk in chunks:
-            yield _batch(chunk, [_prepare(item, preprocess) for item in chunk])
+            yield _batch(chunk, [_prepare(item, preprocess, max_pixels) for item in chunk])
         return
     with ThreadPoolExecutor(max_workers=threads) as pool:
 
         def submit(chunk: list[Item]) -> list:
-            return [pool.submit(_prepare, item, preprocess) for item in chunk]
+            return [pool.submit(_prepare, item, preprocess, max_pixels) for item in chunk]
 
         pending = submit(chunks[0]) if chunks else []
         for k, chunk in enumerate(chunks):

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
 
 from padim import paper
-from padim.data import IMAGE_SUFFIXES, Preprocess, list_images, resize
+from padim.data import (IMAGE_SUFFIXES, Preprocess, image_files, list_images, load_upright, open_image, oriented_size,
+                        resize)
 from padim.errors import PadimError
 
 MVTEC_TEXTURES = paper.MVTEC_TEXTURES
@@ -76,10 +76,11 @@ def _read_png_mask(path: Path) -> np.ndarray:
     if not path.is_file():
         raise PadimError(f"{path}: ground-truth mask file is missing")
     try:
-        with Image.open(path) as img:
+        with open_image(path, str(path)) as img:
+            load_upright(img, str(path))
             pixels = np.asarray(img)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise PadimError(f"{path}: unreadable ground-truth mask ({exc})") from None
+    except PadimError as exc:
+        raise PadimError(f"{exc} (ground-truth mask)") from None
     if pixels.ndim == 3:
         pixels = pixels[:, :, :3].max(axis=2)  # RGB(A) masks: any colour channel marks the defect
     return pixels > 0
@@ -170,8 +171,8 @@ def _subdirs(folder: Path) -> list[Path]:
 
 
 def _images(folder: Path) -> list[Path]:
-    """Image files directly inside a folder, naturally sorted (possibly empty)."""
-    return sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
+    """Visible image files directly inside a folder, naturally sorted (possibly empty; hidden ones skipped)."""
+    return sorted(image_files(folder), key=_natural_key)
 
 
 def _require_dir(path: Path, what: str) -> Path:
@@ -401,16 +402,12 @@ def _flat_test(test_root: Path, images: list[Path], mask_dir: Path | None) -> li
 
 
 def image_shape(path: PathLike) -> tuple[int, int]:
-    """(height, width) of an image file, read from its header without decoding the pixels."""
+    """(height, width) of an image file once upright (EXIF orientation), read from its header without decoding."""
     path = Path(path)
-    try:
-        with Image.open(path) as img:
-            width, height = img.size
-    except FileNotFoundError:
-        raise PadimError(f"{path}: no such image file") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise PadimError(f"{path}: not a readable image ({exc})") from None
-    return height, width
+    if not path.is_file():
+        raise PadimError(f"{path}: no such image file")
+    with open_image(path, str(path), max_pixels=None) as img:
+        return oriented_size(img, str(path))
 
 
 def transform_masks(samples: list[Sample], preprocess: Preprocess) -> np.ndarray:

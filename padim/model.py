@@ -18,7 +18,8 @@ from padim import paper, staircase
 from padim.calibration import DEFAULT_FPR, Calibration, PadimWarning
 from padim.backbone import DEFAULT_BACKBONE, RANDOM, Backbone, build_backbone, spec_for
 from padim.cpus import available_cpus
-from padim.data import Batch, Preprocess, as_items, as_size, check_finite, iter_batches, n_batches
+from padim.data import (DEFAULT_MAX_PIXELS, Batch, Preprocess, as_items, as_size, check_finite, check_max_pixels,
+                        iter_batches, n_batches)
 from padim.embedding import positions_to_maps, random_channels, split_by_tap
 from padim.engine import AUTO, Engine, TapEmbedding, build_engine, resolve
 from padim.errors import PadimError
@@ -149,6 +150,7 @@ class PaDiM:
     `engine` runs the backbone ("auto": the fastest exact runtime installed, see padim.engine; or
     "torch", "torch-fast", "onnxruntime", "openvino"); any engine predicts with a model any other fitted.
     `threads`: CPU threads for it (None: the CPUs this process may use, from its affinity and quota).
+    `max_pixels`: largest image file decoded, checked from its header (None: no limit of padim's own).
     """
 
     def __init__(
@@ -171,6 +173,7 @@ class PaDiM:
         fpr: float = DEFAULT_FPR,
         engine: str = AUTO,
         threads: int | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
         self.backbone = backbone
         self.layers = layers
@@ -190,6 +193,7 @@ class PaDiM:
         self.fpr = fpr
         self.engine = engine
         self.threads = threads
+        self.max_pixels = max_pixels
 
     # ----------------------------------------------------------------------------- set-up
     @property
@@ -209,6 +213,7 @@ class PaDiM:
         resolve(self.engine, self.device)
         if self.threads is not None and not (isinstance(self.threads, int) and self.threads >= 1):
             raise PadimError(f"threads must be a positive integer or None, got {self.threads!r}")
+        check_max_pixels(self.max_pixels)
 
     def _init_network(self) -> None:
         """Build the backbone and draw the Rd channels (once, before the first batch)."""
@@ -427,7 +432,7 @@ class PaDiM:
             # Their threads run outside the GIL: one decoding thread overlaps them (+5-9% on 2 cores),
             # where beside torch's own OpenMP threads it costs a little.
             workers = 1
-        batches = iter_batches(items, self.preprocess_, self.batch_size, workers)
+        batches = iter_batches(items, self.preprocess_, self.batch_size, workers, self.max_pixels)
         bar = tqdm(batches, total=n_batches(len(items), self.batch_size), desc=what, unit="batch",
                    disable=not self.verbose, leave=False)
         with torch.no_grad():

@@ -21,6 +21,7 @@ import numpy as np
 
 from padim import paper
 from padim.atomic import atomic_write
+from padim.data import DEFAULT_MAX_PIXELS
 from padim.errors import PadimError
 from padim.overlay import MASK_COLOUR, THRESHOLD_COLOUR, as_rgb, contour, heatmap_overlay
 
@@ -552,8 +553,8 @@ def write_report(path: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
 class _Preprocessed(Sequence):
     """Images read lazily and resized/cropped like the model's input (for display, not normalised)."""
 
-    def __init__(self, paths: Sequence[Path], preprocess: Any) -> None:
-        self.paths, self.preprocess = list(paths), preprocess
+    def __init__(self, paths: Sequence[Path], preprocess: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+        self.paths, self.preprocess, self.max_pixels = list(paths), preprocess, max_pixels
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -561,7 +562,7 @@ class _Preprocessed(Sequence):
     def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]
         from padim.data import read_image
 
-        rgb = self.preprocess.resized(read_image(self.paths[i]))
+        rgb = self.preprocess.resized(read_image(self.paths[i], self.max_pixels))
         return (rgb.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
@@ -633,6 +634,6 @@ def report_from_files(
     known = [s is not None for s in samples]
     labels = np.array([s.label for s in samples], dtype=bool) if all(known) else None
     note = given_note(model, image_threshold, pixel_threshold)
-    write_report(path, [str(p) for p in paths], _Preprocessed(paths, pre), prediction,
+    write_report(path, [str(p) for p in paths], _Preprocessed(paths, pre, getattr(model, "max_pixels", DEFAULT_MAX_PIXELS)), prediction,
                  masks if any(known) else None, labels, title=title, model=model, threshold_note=note)
     return prediction

@@ -53,7 +53,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from padim.errors import PadimError
 
@@ -74,11 +74,11 @@ except ImportError as _exc:  # pragma: no cover - exercised only without the ext
         f"({_exc.name} is missing)"
     ) from _exc
 
-from padim.data import pil_to_tensor, resize
+from padim.data import DEFAULT_MAX_PIXELS, RASTER_FORMATS, decode_errors, load_upright, open_image, pil_to_tensor, resize
+from padim.errors import ImageTooLarge
 
 MiB = 1024 * 1024
 DEFAULT_MAX_UPLOAD = 20 * MiB
-DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_BATCH = 8
 DEFAULT_MAX_WAIT_MS = 10.0
 DEFAULT_MAX_QUEUE = 64
@@ -86,8 +86,7 @@ DEFAULT_BODY_TIMEOUT_S = 30.0  # a whole upload must arrive within this (20 MiB 
 DEFAULT_MAX_UPLOADS_PER_CLIENT = 8  # bodies being received at once from one client address
 MULTIPART_SLACK = 64 * 1024  # room for the multipart boundaries and part headers around the file
 MAX_OVERLAY_SIDE = 1024  # overlays of larger images are drawn at this longest side
-# Formats opened from uploads: plain raster formats only (no EPS/PostScript, no exotic plugins).
-SAFE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF", "PPM")
+SAFE_FORMATS = RASTER_FORMATS  # formats opened from uploads: the library's raster allow-list (padim.data)
 VERDICT_COLOURS = {"defect": "#c62828", "ok": "#2e7d32", "score": "#1565c0"}
 log = logging.getLogger("uvicorn.error")  # the server's log: its handlers and format
 
@@ -135,20 +134,14 @@ def decode_image(data: bytes, name: str, max_pixels: int, image_size: tuple[int,
     if not data:
         raise _fail(422, f"{name}: empty file")
     try:
-        with Image.open(io.BytesIO(data), formats=SAFE_FORMATS) as img:
-            width, height = img.size  # from the header: nothing decoded yet
-            if width * height > max_pixels:
-                raise _fail(413, f"{name}: {width}x{height} = {width * height:,} pixels exceeds the limit of "
-                                 f"{max_pixels:,} pixels")
-            img.load()
-            rgb = pil_to_tensor(img, name)
-    except HTTPException:
-        raise
-    except Image.DecompressionBombError:
-        raise _fail(413, f"{name}: image dimensions exceed the limit of {max_pixels:,} pixels") from None
-    except UnidentifiedImageError:
-        raise _fail(422, f"{name}: not a readable image (unsupported format or corrupt; "
-                         f"accepted: {', '.join(SAFE_FORMATS)})") from None
+        # The library's one decoding path: allow-listed formats, pixel count from the header, EXIF orientation.
+        with open_image(io.BytesIO(data), name, max_pixels, warn=False) as img:
+            load_upright(img, name, warn=False)  # a warning per upload would flood the log
+            width, height = img.size  # upright
+            with decode_errors(name):
+                rgb = pil_to_tensor(img, name)
+    except ImageTooLarge as exc:
+        raise _fail(413, str(exc)) from None
     except PadimError as exc:
         raise _fail(422, str(exc)) from None
     except MemoryError:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from camera_files import multi_frame, png_header, postscript_as_png, rotated_jpeg
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -216,7 +217,8 @@ def svg_file(path: Path) -> None:
 
 
 @pytest.mark.parametrize("make, name", [(text_as_png, "corrupt.png"), (truncated_png, "truncated.png"),
-                                        (empty_file, "empty.png"), (svg_file, "drawing.svg")])
+                                        (empty_file, "empty.png"), (svg_file, "drawing.svg"),
+                                        (postscript_as_png, "postscript.png")])
 def test_predict_bad_image_exits_2_naming_the_file(
     make, name: str, model_file: Path, texture_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -427,3 +429,68 @@ def test_subprocess_info_exits_0(model_file: Path) -> None:
     proc = run_script(["info", str(model_file)])
     assert proc.returncode == 0 and proc.stderr == ""
     assert "RANDOM WEIGHTS" in proc.stdout
+
+
+# ---------------------------------------------------------------------------------------------- camera pipeline inputs
+def test_predict_refuses_a_header_bomb_in_one_line_and_max_pixels_sets_the_limit(
+    model_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bomb = png_header(tmp_path / "bomb.png", 10_000, 10_000)  # 97 kB of header, 10^8 pixels
+    line = expect_error(["predict", str(model_file), str(bomb), "-o", str(tmp_path / "out"), "-q"], capsys)
+    assert str(bomb) in line and "10000x10000 = 100,000,000 pixels exceeds the limit of 40,000,000" in line
+    small = write_png(tmp_path / "small.png", size=48)  # 2,304 pixels
+    line = expect_error(["predict", str(model_file), str(small), "-o", str(tmp_path / "out"), "--max-pixels", "2000",
+                         "-q"], capsys)
+    assert str(small) in line and "exceeds the limit of 2,000 pixels" in line
+    assert main(["predict", str(model_file), str(small), "-o", str(tmp_path / "out"), "--max-pixels", "2304",
+                 "--no-overlays", "-q"]) == 0
+
+
+def test_pillows_bomb_error_is_one_line(model_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bomb = png_header(tmp_path / "huge.png", 60_000, 60_000)
+    line = expect_error(["predict", str(model_file), str(bomb), "-o", str(tmp_path / "out"), "-q"], capsys)
+    assert str(bomb) in line and "pixels" in line
+
+
+def test_multi_frame_input_is_scored_on_its_first_frame_with_a_one_line_warning(
+    model_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gif = multi_frame(tmp_path / "burst.gif", 4)
+    assert main(["predict", str(model_file), str(gif), "-o", str(tmp_path / "out"), "-q"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"padim: warning: {gif}: holds 4 frames or pages; only the first is used"]
+
+
+def test_fit_skips_hidden_and_appledouble_files_and_says_how_many(
+    texture_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    train = tmp_path / "train"
+    shutil.copytree(texture_set / "train" / "good", train)
+    Image.new("RGB", (96, 96)).save(train / ".thumb.png")  # black: must not become a good part
+    (train / "._000.png").write_bytes(b"\x00\x05\x16\x07" + b"\0" * 200)  # macOS AppleDouble: used to abort the fit
+    assert main(["fit", str(train), "-o", str(tmp_path / "m.safetensors"), *TINY_ARGS]) == 0
+    captured = capsys.readouterr()
+    assert f"on {N_TRAIN} images" in captured.out
+    assert captured.err.splitlines() == [(f"padim: warning: {train}: skipped 2 hidden image file(s) "
+                                          "(names starting with '.', e.g. macOS ._* files)")]
+
+
+def test_scores_csv_escapes_file_names_that_look_like_formulas(
+    model_file: Path, texture_set: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    shutil.copyfile(texture_set / "test" / "good" / "000.png", tmp_path / "=1+2.png")
+    shutil.copyfile(texture_set / "test" / "good" / "001.png", tmp_path / "@cmd.png")
+    assert main(["predict", str(model_file), "=1+2.png", "@cmd.png", "-o", "out", "--no-overlays", "-q"]) == 0
+    with open(tmp_path / "out" / "scores.csv", newline="") as f:
+        assert [r["image"] for r in csv.DictReader(f)] == ["'=1+2.png", "'@cmd.png"]
+    assert [r["image"] for r in json.loads((tmp_path / "out" / "scores.json").read_text())["images"]] == [
+        "=1+2.png", "@cmd.png"]  # JSON is no spreadsheet: names as they are
+
+
+def test_predict_reads_camera_jpegs_upright(model_file: Path, tmp_path: Path) -> None:
+    jpeg = rotated_jpeg(tmp_path / "cam.jpg", 6)  # stored 40 wide x 24 high, shown 24 x 40
+    assert main(["predict", str(model_file), str(jpeg), "-o", str(tmp_path / "out"), "-q"]) == 0
+    row = json.loads((tmp_path / "out" / "scores.json").read_text())["images"][0]
+    with Image.open(tmp_path / "out" / row["overlay"]) as panel:
+        assert panel.size == (2 * 24 + 4, 40)

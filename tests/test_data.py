@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,9 @@ import torch
 from PIL import Image
 
 from padim import paper
+from camera_files import decoded_as_stored, frames, multi_frame, png_header, postscript_as_png, rotated_jpeg
 from padim.data import (
+    DEFAULT_MAX_PIXELS,
     Item,
     Preprocess,
     array_to_tensor,
@@ -20,7 +23,8 @@ from padim.data import (
     pil_to_tensor,
     read_image,
 )
-from padim.errors import PadimError
+from padim.datasets import image_shape
+from padim.errors import ImageTooLarge, PadimError
 
 MEAN = torch.tensor(paper.IMAGENET_MEAN).view(3, 1, 1)
 STD = torch.tensor(paper.IMAGENET_STD).view(3, 1, 1)
@@ -411,3 +415,117 @@ def test_iter_batches_names_the_bad_file(tmp_path: Path) -> None:
 def test_batch_size_must_be_positive() -> None:
     with pytest.raises(PadimError, match="batch size"):
         list(iter_batches([Item("x", np.zeros((4, 4), np.uint8))], Preprocess(), batch_size=0))
+
+
+# ---------------------------------------------------------------------------------------- camera files
+def test_postscript_named_png_is_refused_without_running_ghostscript(tmp_path: Path, monkeypatch) -> None:
+    from PIL import EpsImagePlugin
+
+    def no_ghostscript(*args, **kwargs):
+        raise AssertionError("Ghostscript was run")
+
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", no_ghostscript)
+    raw = tmp_path / "raw.png"
+    raw.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
+    for path in (postscript_as_png(tmp_path / "eps.png"), raw):
+        with pytest.raises(PadimError, match="not a readable image") as exc:
+            read_image(path)
+        assert str(path) in str(exc.value) and "accepted: PNG, JPEG" in str(exc.value)
+
+
+def test_pixel_count_is_checked_from_the_header_before_decoding(tmp_path: Path) -> None:
+    bomb = png_header(tmp_path / "bomb.png", 10_000, 10_000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no DecompressionBombWarning either: one error, ours
+        with pytest.raises(ImageTooLarge, match="10000x10000 = 100,000,000 pixels exceeds the limit of 40,000,000") as exc:
+            read_image(bomb)
+    assert str(bomb) in str(exc.value) and "\n" not in str(exc.value)
+    assert DEFAULT_MAX_PIXELS == 40_000_000
+
+
+def test_pixel_limit_is_a_parameter(tmp_path: Path) -> None:
+    path = write_png(tmp_path / "ok.png", size=100)  # 10,000 pixels
+    with pytest.raises(ImageTooLarge, match="exceeds the limit of 9,999 pixels"):
+        read_image(path, max_pixels=9_999)
+    assert read_image(path, max_pixels=10_000).shape == (3, 100, 100)
+    with pytest.raises(ImageTooLarge, match=str(path)):
+        next(iter_batches(as_items(tmp_path), Preprocess((8, 8), None), 1, workers=0, max_pixels=9_999))
+    for bad in (0, -5, 2.5, True, "many"):
+        with pytest.raises(PadimError, match="max_pixels must be a positive integer"):
+            read_image(path, max_pixels=bad)
+
+
+def test_pillows_own_bomb_limit_is_a_one_line_error_naming_the_file(tmp_path: Path) -> None:
+    bomb = png_header(tmp_path / "huge.png", 50_000, 50_000)  # over twice Image.MAX_IMAGE_PIXELS
+    with pytest.raises(ImageTooLarge, match="MAX_IMAGE_PIXELS") as exc:
+        read_image(bomb, max_pixels=None)
+    assert str(exc.value).startswith(f"{bomb}: ") and "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("name", ["anim.gif", "pages.tiff"])
+def test_multi_frame_file_uses_the_first_frame_and_says_so(tmp_path: Path, name: str) -> None:
+    path = multi_frame(tmp_path / name, 3)
+    with pytest.warns(UserWarning, match="holds 3 frames or pages; only the first is used") as record:
+        rgb = read_image(path)
+    assert str(path) in str(record[0].message)
+    expected = np.asarray(frames(1)[0], dtype=np.float32) / 255
+    assert np.abs(rgb.permute(1, 2, 0).numpy() - expected).max() < 0.02
+
+
+def test_single_frame_file_gives_no_warning(tmp_path: Path) -> None:
+    path = multi_frame(tmp_path / "still.gif", 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_image(path)
+
+
+@pytest.mark.parametrize("orientation, turn", [(1, lambda a: a), (3, lambda a: np.rot90(a, 2)),
+                                               (6, lambda a: np.rot90(a, -1)), (8, lambda a: np.rot90(a, 1))])
+def test_exif_orientation_turns_camera_images_upright(tmp_path: Path, orientation: int, turn) -> None:
+    path = rotated_jpeg(tmp_path / "cam.jpg", orientation)
+    stored = decoded_as_stored(path)
+    assert stored.shape == (24, 40, 3)  # landscape as the sensor wrote it
+    upright = (read_image(path).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    assert np.array_equal(upright, np.ascontiguousarray(turn(stored)))
+    assert image_shape(path) == upright.shape[:2]
+    with Image.open(path) as img:  # a PIL image given to the API is turned the same way
+        assert torch.equal(load_one(img), read_image(path))
+
+
+def test_exif_orientation_6_gives_a_portrait_tensor(tmp_path: Path) -> None:
+    assert read_image(rotated_jpeg(tmp_path / "cam.jpg", 6)).shape == (3, 40, 24)
+
+
+def test_hidden_and_appledouble_files_are_skipped_and_counted(tmp_path: Path) -> None:
+    write_png(tmp_path / "part.png")
+    Image.new("RGB", (32, 32)).save(tmp_path / ".thumb.png")  # a black thumbnail: not a good part
+    (tmp_path / "._part.png").write_bytes(b"\x00\x05\x16\x07" + b"\0" * 60)  # macOS AppleDouble: not an image
+    (tmp_path / ".cache").mkdir()
+    write_png(tmp_path / ".cache" / "x.png")
+    with pytest.warns(UserWarning, match="skipped 2 hidden image file") as record:
+        assert [p.name for p in list_images(tmp_path)] == ["part.png"]
+    assert str(tmp_path) in str(record[0].message)
+    with pytest.warns(UserWarning):
+        assert [it.name for it in as_items(tmp_path)] == [str(tmp_path / "part.png")]
+
+
+def test_folder_with_only_hidden_images_has_no_images(tmp_path: Path) -> None:
+    write_png(tmp_path / ".a.png")
+    with pytest.warns(UserWarning, match="skipped 1"), pytest.raises(PadimError, match="no images"):
+        list_images(tmp_path)
+
+
+def test_corrupt_exif_gives_one_warning_naming_the_file_and_the_pixels_are_read(tmp_path: Path) -> None:
+    import struct
+
+    ifd_claiming_5_entries_with_1 = (b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 5)
+                                     + struct.pack("<HHII", 0x0112, 3, 1, 6))
+    path = tmp_path / "cam.jpg"
+    Image.new("RGB", (16, 8), (0, 128, 255)).save(path, format="JPEG", exif=b"Exif\x00\x00" + ifd_claiming_5_entries_with_1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rgb = read_image(path)
+    (warning,) = caught  # one line, naming the file (Pillow's own says neither which file nor once)
+    assert str(warning.message).startswith(f"{path}: ") and "EXIF" in str(warning.message)
+    assert "\n" not in str(warning.message)
+    assert rgb.shape[0] == 3 and rgb.numel() == 3 * 16 * 8

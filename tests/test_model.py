@@ -177,3 +177,23 @@ def test_pca_reduction_uses_the_principal_components_of_training_patches(split, 
     other = PaDiM(**{**TINY, "reduction": "pca", "n_features": 8}).fit(split[0][:4])
     with pytest.raises(PadimError, match="PCA"):
         PaDiM(**{**TINY, "reduction": "pca", "n_features": 8}).fit(split[0][4:]).merge(other)
+
+
+def test_fit_predict_and_calibrate_all_see_camera_jpegs_upright(split, tmp_path) -> None:
+    """EXIF orientation 6 JPEGs give exactly what their pixels turned upright give, in every entry point."""
+    from camera_files import decoded_as_stored, rotated_jpeg
+
+    rng = np.random.default_rng(3)
+    jpegs = [rotated_jpeg(tmp_path / f"{i}.jpg", 6, rng.integers(0, 256, (48, 80, 3), dtype=np.uint8))
+             for i in range(6)]
+    upright = [np.ascontiguousarray(np.rot90(decoded_as_stored(p), -1)) for p in jpegs]
+    assert upright[0].shape == (80, 48, 3)
+    from_files = PaDiM(**TINY).fit(jpegs[:4])
+    from_arrays = PaDiM(**TINY).fit(upright[:4])
+    assert torch.equal(from_files.mean_, from_arrays.mean_)
+    pred = from_files.predict(jpegs[4:], original_size=True)
+    assert np.array_equal(pred.scores, from_files.predict(upright[4:]).scores)
+    assert pred.maps[0].shape == (80, 48)  # maps on the upright grid
+    from_files.calibrate(jpegs[4:], fpr=0.5)
+    threshold = from_files.calibration_.image_threshold
+    assert from_files.calibrate(upright[4:], fpr=0.5).calibration_.image_threshold == threshold

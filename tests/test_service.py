@@ -224,6 +224,20 @@ def test_too_many_pixels_is_413(client: TestClient) -> None:
         assert "pixels" in detail(r)
 
 
+def test_upload_is_turned_upright_by_its_exif_orientation_like_files(
+    client: TestClient, model: PaDiM, tmp_path: Path
+) -> None:
+    from camera_files import decoded_as_stored, rotated_jpeg
+
+    path = rotated_jpeg(tmp_path / "cam.jpg", 6)
+    r = client.post("/predict", **upload(path, "image/jpeg"))
+    assert r.status_code == 200, r.text
+    assert r.json()["image"] == {"name": "cam.jpg", "width": 24, "height": 40}  # stored 40 wide, 24 high
+    assert r.json()["score"] == pytest.approx(float(model.predict([path]).scores[0]), abs=1e-5)
+    upright = np.ascontiguousarray(np.rot90(decoded_as_stored(path), -1))
+    assert r.json()["score"] == pytest.approx(float(model.predict([upright]).scores[0]), abs=1e-5)
+
+
 @pytest.mark.parametrize("payload, message", [
     (b"hello, this is not an image", "not a readable image"),
     (b"", "empty file"),
