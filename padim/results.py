@@ -155,7 +155,7 @@ def _score_pass(model: PaDiM, paths: list[Path], indices: list[int], folder: Pat
                 _save_mask(folder / row["mask"], one.masks[0])
             if spill is not None:
                 spill.add(maps[j])
-            yield row, size, float(amap.min()), float(amap.max())
+            yield row, size, float(np.nanmin(amap)), float(np.nanmax(amap))  # NaN: not inspected
 
 
 def _draw_overlays(model: PaDiM, rows: list[dict[str, Any]], sizes: list[Size], grid_maps: np.ndarray,
