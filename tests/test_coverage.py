@@ -100,3 +100,18 @@ def test_paper_preset_reports_and_marks_what_it_does_not_inspect(tmp_path: Path,
     unseen = ~np.isfinite(pred.maps[0])
     assert unseen[0].all() and unseen[:, 0].all() and not unseen[40, 40]
     assert not pred.masks[0][unseen].any()  # a mask never claims what was not looked at
+
+
+def test_predict_overlays_hatch_the_border_the_crop_dropped(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    good = tmp_path / "good"
+    good.mkdir()
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (80, 80, 3), dtype=np.uint8)).save(good / f"{i}.png")
+    model = PaDiM(**{**TINY, "image_size": 72, "crop_size": 64}).fit(good)
+    model.save(tmp_path / "m.safetensors")
+    assert main(["predict", str(tmp_path / "m.safetensors"), str(good), "-o", str(tmp_path / "out"), "--quiet"]) == 0
+    overlay = np.asarray(Image.open(next((tmp_path / "out" / "overlays").iterdir())))
+    heat = overlay[:, -80:]  # the panel right of the image
+    grey = (heat == NOT_INSPECTED_COLOUR).all(axis=-1)
+    assert grey[:3].any() and grey[:, :3].any() and not grey[30:50, 30:50].any()
