@@ -17,7 +17,7 @@ from padim import PaDiM, PadimError
 from padim.backbone import build_backbone
 from padim.embedding import embed, random_channels, split_by_tap
 from padim.gaussian import pack_lower, symmetric_from_lower, unpack_lower
-from padim.modelfile import FORMAT_VERSION, read_model
+from padim.modelfile import CHECKSUM_KEY, FORMAT_VERSION, read_model, tensor_sha256
 from padim.synthetic import load_split
 
 from conftest import TINY
@@ -59,12 +59,18 @@ def reference_prediction(fitted: PaDiM, test_images):
 
 
 def rewrite(src: Path, dst: Path, change: Callable[[dict, dict], None]) -> Path:
-    """Copy a model file, letting change(tensors, meta) edit its contents on the way."""
+    """Copy a model file, letting change(tensors, meta) edit its contents on the way.
+
+    The checksum is recomputed (unless change set one), so that the checks behind it are reached.
+    """
     from safetensors.torch import save_file
 
     tensors, meta = read_model(src)
     tensors = {k: v.clone() for k, v in tensors.items()}
+    before = meta[CHECKSUM_KEY]
     change(tensors, meta)
+    if meta.get(CHECKSUM_KEY) == before:
+        meta[CHECKSUM_KEY] = tensor_sha256(tensors)
     save_file(tensors, str(dst), metadata={"padim": json.dumps(meta)})
     return dst
 
@@ -278,7 +284,7 @@ REFUSALS = {
     "missing tensor": (_edit(_drop_mean), "'mean' is missing"),
     "missing statistics": (_edit(_drop_scatter), "'scatter' is missing"),
     "grid mismatch": (_edit(_wrong_feature_shape), "metadata implies"),
-    "zero images": (_edit(_zero_samples), "0 images"),
+    "zero images": (_edit(_zero_samples), "n_samples_seen must be"),
     "malformed metadata": (_edit(_missing_layers), "malformed"),
 }
 
