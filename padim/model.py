@@ -452,6 +452,8 @@ class PaDiM:
     def predict(self, images: Any, original_size: bool = False, image_threshold: float | None = None,
                 pixel_threshold: float | None = None) -> Prediction:
         """Scores and anomaly maps (preprocessed grid or original sizes); verdicts when calibrated or given thresholds."""
+        check_threshold("image_threshold", image_threshold)  # before any image is scored
+        check_threshold("pixel_threshold", pixel_threshold)
         pred = self._raw_predict(images, original_size)
         return add_verdicts(pred, getattr(self, "calibration_", None), image_threshold, pixel_threshold)
 
