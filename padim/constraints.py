@@ -138,6 +138,29 @@ def check_params(params: dict[str, Any], where: str = "") -> None:
             check_value(name, value, PARAMETER_CONSTRAINTS[name], where)
 
 
+def gaussians_bytes(size: tuple[int, int], stride: int, dim: int) -> int:
+    """Bytes a fit holds for its Gaussians: float64 means and packed scatters, float32 factors, per position."""
+    positions = math.ceil(size[0] / stride) * math.ceil(size[1] / stride)
+    return positions * (8 * dim + 8 * dim * (dim + 1) // 2 + 4 * dim * dim)
+
+
+def physical_memory() -> int | None:
+    """This machine's RAM in bytes, where the OS says."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(size: tuple[int, int], stride: int, dim: int) -> None:
+    """Refuse, before allocating, Gaussians larger than this machine's memory (e.g. a huge image size)."""
+    need, have = gaussians_bytes(size, stride, dim), physical_memory()
+    if have is not None and need > have:
+        raise PadimError(f"image size {size[0]}x{size[1]} with {dim} features needs about {need / 2**30:.0f} GiB for "
+                         f"the Gaussians, more than this machine's {have / 2**30:.0f} GiB: use a smaller image size, "
+                         f"crop size or n_features")
+
+
 def check_threshold(name: str, value: float | None, where: str = "") -> float | None:
     """A threshold: None (not given) or a finite number >= 0; NaN would accept every part."""
     if value is not None:

@@ -20,7 +20,8 @@ from padim.backbone import DEFAULT_BACKBONE, RANDOM, Backbone, build_backbone, s
 from padim.cpus import available_cpus
 from padim.data import Batch, Preprocess, as_items, as_size, check_finite, iter_batches, n_batches
 from padim.embedding import positions_to_maps, random_channels, split_by_tap
-from padim.constraints import FILE_CONSTRAINTS, PARAMETER_CONSTRAINTS, check_params, check_threshold, check_value
+from padim.constraints import (FILE_CONSTRAINTS, PARAMETER_CONSTRAINTS, check_memory, check_params, check_threshold,
+                               check_value)
 from padim.engine import AUTO, Engine, TapEmbedding, build_engine, check_device, resolve
 from padim.errors import PadimError
 from padim.gaussian import BatchBuffer, GaussianStats, pack_lower, precision_factor, unpack_lower
@@ -231,6 +232,8 @@ class PaDiM:
             self.n_components_ = int(n_features)
             n_features = None
         self.channel_indices_ = random_channels(n_total, n_features, self.seed)  # type: ignore[arg-type]
+        d = self.n_components_ if self.reduction == "pca" else int(self.channel_indices_.numel())
+        check_memory(self.preprocess_.output_size, backbone.strides[0], d)
         self.net_ = PadimNet(backbone, self.channel_indices_, self.sigma, self.preprocess_.output_size).to(self.device)
         self.engine_: Engine | None = None
         self.components_: torch.Tensor | None = None
