@@ -194,10 +194,10 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))  # torch's seven lines of advice name the object once
         what = f" ({found.group(1)})" if found else ""
-        raise PadimError(f"{path}: the checkpoint pickles Python objects{what}, which torch-padim never unpickles: "
-                         f"save the state dict of tensors alone, or as .safetensors") from None
+        raise PadimError(f"{path}: cannot read weights: the checkpoint pickles Python objects{what}, which "
+                         f"torch-padim never unpickles: save the state dict of tensors alone, or as .safetensors") from None
     except Exception as exc:  # noqa: BLE001 - any reader failure means the same thing to the user
         raise PadimError(f"{path}: cannot read weights ({type(exc).__name__}: {_first_line(exc)})") from None
     for key in ("state_dict", "model", "model_state_dict"):
