@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("model", help="model file")
     evaluate.add_argument("datasets", nargs="+", help="MVTec-layout category folders (or STC roots with --stc)")
     evaluate.add_argument("--stc", action="store_true", help="the datasets are ShanghaiTech Campus roots")
-    evaluate.add_argument("--test-stride", type=int, default=1, help="STC: use every Nth test frame")
+    evaluate.add_argument("--test-stride", type=_positive_int, default=1, help="STC: use every Nth test frame")
     evaluate.add_argument("-o", "--output", default="padim-evaluation", help="folder for evaluation.json / .md")
 
     bench = sub.add_parser("benchmark", parents=[common], help="reproduce the paper's tables")
@@ -159,17 +159,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--config", default="r18-rd100", help="PaDiM's paper configuration (default: r18-rd100)")
     bench.add_argument("--method", type=_methods, default=("padim",),
                        help="padim, spade, vae or a comma-separated list: one table each, then a combined one")
-    bench.add_argument("--vae-epochs", type=int, default=paper.VAE_EPOCHS,
+    bench.add_argument("--vae-epochs", type=_positive_int, default=paper.VAE_EPOCHS,
                        help=f"VAE training epochs (paper: {paper.VAE_EPOCHS})")
-    bench.add_argument("--vae-images", type=int, default=paper.VAE_TRAIN_IMAGES,
+    bench.add_argument("--vae-images", type=_positive_int, default=paper.VAE_TRAIN_IMAGES,
                        help=f"augmented VAE training images per epoch (paper: {paper.VAE_TRAIN_IMAGES})")
     bench.add_argument("--checkpoints", help="folder for VAE checkpoints: an interrupted run resumes from them")
     bench.add_argument("--categories", type=lambda s: s.split(","), help="MVTec categories (default: all present)")
-    bench.add_argument("--seeds", type=int, default=1, help="average Rd over this many seeds (the paper: 10)")
+    bench.add_argument("--seeds", type=_positive_int, default=1, help="average Rd over this many seeds (the paper: 10)")
     bench.add_argument("--non-aligned", action="store_true", help="Section V-C: random rotation and crop")
     bench.add_argument("--table", help="paper table to compare with (default: the config's first)")
-    bench.add_argument("--train-stride", type=int, default=1, help="STC: use every Nth training frame")
-    bench.add_argument("--test-stride", type=int, default=1, help="STC: use every Nth test frame")
+    bench.add_argument("--train-stride", type=_positive_int, default=1, help="STC: use every Nth training frame")
+    bench.add_argument("--test-stride", type=_positive_int, default=1, help="STC: use every Nth test frame")
     bench.add_argument("-o", "--output", default="padim-benchmark", help="folder for results (JSON + Markdown)")
 
     report = sub.add_parser("report", parents=[common], help="one self-contained HTML report of images, heat maps and metrics")

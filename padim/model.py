@@ -540,6 +540,8 @@ class PaDiM:
         cls, path: str | os.PathLike, weights: str | os.PathLike | None = None, device: str = "cpu", **params: Any
     ) -> "PaDiM":
         """Read a model file, rebuild its backbone and check the weights are the ones it was fitted with."""
+        check_params(params)  # the caller's values, refused as such (not as the file's) and before reading it
+        check_device(device)
         tensors, meta = read_model(path)
         # The file is memory-mapped: copy what the model keeps, so that once the big factor and scatter
         # are unpacked nothing references the mapping and its pages leave the resident set.

@@ -240,3 +240,18 @@ def test_argparse_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> Non
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and "padim predict --help" in lines[0], lines
 
+
+
+def test_predict_options_are_refused_as_options_not_as_the_model_file(model_file: Path, good_image: Path,
+                                                                     tmp_path: Path, capsys) -> None:
+    line = expect_error(["predict", str(model_file), str(good_image), "-o", str(tmp_path / "o"), "--batch-size", "0"],
+                        capsys)
+    assert str(model_file) not in line and "batch_size" in line
+
+
+def test_load_refuses_bad_parameters_before_reading_the_file(tmp_path: Path) -> None:
+    from padim import PadimError
+
+    with pytest.raises(PadimError, match="batch_size") as err:
+        PaDiM.load(tmp_path / "absent.safetensors", batch_size=0)
+    assert "absent" not in str(err.value)
