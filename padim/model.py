@@ -201,6 +201,7 @@ class PaDiM:
         self.fpr = fpr
         self.engine = engine
         self.threads = threads
+        check_params({name: getattr(self, name) for name in PARAMETER_CONSTRAINTS})  # fit() checks again, with devices
 
     # ----------------------------------------------------------------------------- set-up
     @property
