@@ -209,11 +209,12 @@ def cmd_fit(args: argparse.Namespace) -> None:
 
     out = Path(args.output)
     t0 = time.perf_counter()
-    model = PaDiM(backbone=args.backbone, layers=args.layers, n_features=args.n_features, reduction=args.reduction, eps=args.eps,
-                  image_size=args.image_size, crop_size=args.crop_size, seed=args.seed, device=args.device,
-                  batch_size=args.batch_size, weights=args.weights, verbose=not args.quiet,
-                  holdout=args.holdout, fpr=args.fpr, engine=args.engine, threads=args.threads)
-    _check_options(model)  # every parameter, and the output location, before a long fit
+    model = _as_options(lambda: PaDiM(
+        backbone=args.backbone, layers=args.layers, n_features=args.n_features, reduction=args.reduction, eps=args.eps,
+        image_size=args.image_size, crop_size=args.crop_size, seed=args.seed, device=args.device,
+        batch_size=args.batch_size, weights=args.weights, verbose=not args.quiet,
+        holdout=args.holdout, fpr=args.fpr, engine=args.engine, threads=args.threads))
+    _as_options(model._check_params)  # every parameter, and the output location, before a long fit
     check_writable(out)
     if args.distributed:
         from padim.distributed import fit_distributed, init_from_env
@@ -234,12 +235,12 @@ def cmd_fit(args: argparse.Namespace) -> None:
         print(model.calibration_.describe())
 
 
-def _check_options(model: Any) -> None:
-    """The model's parameter checks, naming the command-line option (--image-size) instead of image_size."""
+def _as_options(call: Any) -> Any:
+    """call(), with parameter errors naming the command-line option (--image-size) instead of image_size."""
     from padim.constraints import PARAMETER_CONSTRAINTS
 
     try:
-        model._check_params()
+        return call()
     except PadimError as exc:
         name, _, rest = str(exc).partition(" ")
         if name in PARAMETER_CONSTRAINTS:
