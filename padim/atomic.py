@@ -114,9 +114,34 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Non
         os.replace(tmp, path)
     except OSError as exc:
         raise PadimError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    except Exception as exc:
+        if not _is_io_error(exc):
+            raise
+        raise PadimError(f"{path}: cannot write ({str(exc).strip().splitlines()[0]})") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _is_io_error(exc: Exception) -> bool:
+    """A writer library's wrapped OS error (safetensors raises SafetensorError '... I/O error: ... (os error 28)')."""
+    return "I/O error" in str(exc) or "(os error " in str(exc)
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Refuse, before long work, a destination atomic_write could not write (no folder, read-only, a folder)."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise PadimError(f"{path}: cannot write, folder {folder} does not exist")
+    if path.is_dir():
+        raise PadimError(f"{path}: cannot write, it is a folder")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise PadimError(f"{path}: cannot write ({exc.strerror})") from None
+    os.close(fd)
+    os.unlink(tmp)
 
 
 def _umask() -> int:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -191,14 +193,25 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             state: Any = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))  # torch's seven lines of advice name the object once
+        what = f" ({found.group(1)})" if found else ""
+        raise PadimError(f"{path}: cannot read weights: the checkpoint pickles Python objects{what}, which "
+                         f"torch-padim never unpickles: save the state dict of tensors alone, or as .safetensors") from None
     except Exception as exc:  # noqa: BLE001 - any reader failure means the same thing to the user
-        raise PadimError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from None
+        raise PadimError(f"{path}: cannot read weights ({type(exc).__name__}: {_first_line(exc)})") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise PadimError(f"{path}: not a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception's first non-empty line, shortened."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:300]
 
 
 def map_state_dict(

@@ -54,6 +54,8 @@ class Calibration:
             raise PadimError("calibration needs at least one good image")
         self.image_scores = np.sort(np.asarray(self.image_scores, dtype=np.float32))
         self.pixel_sample = np.sort(np.asarray(self.pixel_sample, dtype=np.float32))
+        if not (np.isfinite(self.image_scores).all() and np.isfinite(self.pixel_sample).all()):
+            raise PadimError("calibration scores contain NaN or inf: a threshold from them would pass every part")
 
     @classmethod
     def from_predictions(cls, scores: np.ndarray, maps: np.ndarray, fpr: float, source: str,

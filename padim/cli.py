@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -14,7 +15,19 @@ from typing import Any
 from padim import paper
 from padim.errors import PadimError
 
-EXIT_BAD_INPUT = 2
+EXIT_BAD_INPUT = 2  # bad input, a bad model file or an environment problem (disk, memory, device)
+EXIT_INTERNAL = 1  # an unexpected exception: probably a bug (PADIM_DEBUG=1 shows its traceback)
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a Unix tool's reader sees when it stops reading early
+DEBUG_ENV = "PADIM_DEBUG"
+MAX_UPLOAD_MB = 4096  # serve --max-upload-mb: an upload is held in memory whole
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage block), still exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        """Print one line naming the problem and where to look, and exit 2."""
+        self.exit(EXIT_BAD_INPUT, f"padim: error: {message} (see {self.prog} --help)\n")
 
 
 def _size(text: str) -> int | tuple[int, int] | None:
@@ -34,7 +47,12 @@ def _size(text: str) -> int | tuple[int, int] | None:
 
 def _n_features(text: str) -> int | str:
     """Parse an int or 'all'."""
-    return "all" if text == "all" else int(text)
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'all', got {text!r}") from None
 
 
 def _positive_int(text: str) -> int:
@@ -99,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     from padim.backbone import BACKBONES, DEFAULT_BACKBONE
     from padim.engine import AUTO, ENGINES
 
-    parser = argparse.ArgumentParser(prog="padim", description="PaDiM anomaly detection and localization.")
+    parser = _Parser(prog="padim", description="PaDiM anomaly detection and localization.")
     parser.add_argument("--version", action="version", version=f"torch-padim {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -167,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("model", help="model file")
     evaluate.add_argument("datasets", nargs="+", help="MVTec-layout category folders (or STC roots with --stc)")
     evaluate.add_argument("--stc", action="store_true", help="the datasets are ShanghaiTech Campus roots")
-    evaluate.add_argument("--test-stride", type=int, default=1, help="STC: use every Nth test frame")
+    evaluate.add_argument("--test-stride", type=_positive_int, default=1, help="STC: use every Nth test frame")
     evaluate.add_argument("-o", "--output", default="padim-evaluation", help="folder for evaluation.json / .md")
 
     bench = sub.add_parser("benchmark", parents=[common], help="reproduce the paper's tables")
@@ -176,17 +194,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--config", default="r18-rd100", help="PaDiM's paper configuration (default: r18-rd100)")
     bench.add_argument("--method", type=_methods, default=("padim",),
                        help="padim, spade, vae or a comma-separated list: one table each, then a combined one")
-    bench.add_argument("--vae-epochs", type=int, default=paper.VAE_EPOCHS,
+    bench.add_argument("--vae-epochs", type=_positive_int, default=paper.VAE_EPOCHS,
                        help=f"VAE training epochs (paper: {paper.VAE_EPOCHS})")
-    bench.add_argument("--vae-images", type=int, default=paper.VAE_TRAIN_IMAGES,
+    bench.add_argument("--vae-images", type=_positive_int, default=paper.VAE_TRAIN_IMAGES,
                        help=f"augmented VAE training images per epoch (paper: {paper.VAE_TRAIN_IMAGES})")
     bench.add_argument("--checkpoints", help="folder for VAE checkpoints: an interrupted run resumes from them")
     bench.add_argument("--categories", type=lambda s: s.split(","), help="MVTec categories (default: all present)")
-    bench.add_argument("--seeds", type=int, default=1, help="average Rd over this many seeds (the paper: 10)")
+    bench.add_argument("--seeds", type=_positive_int, default=1, help="average Rd over this many seeds (the paper: 10)")
     bench.add_argument("--non-aligned", action="store_true", help="Section V-C: random rotation and crop")
     bench.add_argument("--table", help="paper table to compare with (default: the config's first)")
-    bench.add_argument("--train-stride", type=int, default=1, help="STC: use every Nth training frame")
-    bench.add_argument("--test-stride", type=int, default=1, help="STC: use every Nth test frame")
+    bench.add_argument("--train-stride", type=_positive_int, default=1, help="STC: use every Nth training frame")
+    bench.add_argument("--test-stride", type=_positive_int, default=1, help="STC: use every Nth test frame")
     bench.add_argument("-o", "--output", default="padim-benchmark", help="folder for results (JSON + Markdown)")
 
     report = sub.add_parser("report", parents=[common], help="one self-contained HTML report of images, heat maps and metrics")
@@ -231,25 +249,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_fit(args: argparse.Namespace) -> None:
     """padim fit."""
+    from padim.atomic import check_writable
     from padim.model import PaDiM
 
     if args.output is None and not args.plan:
         raise PadimError("fit needs -o MODEL_FILE (or --plan to only print the plan)")
     out = Path(args.output or ".")
-    if args.output and not out.parent.is_dir():
-        raise PadimError(f"{out}: output folder {out.parent} does not exist")
     t0 = time.perf_counter()
     image_size, crop_size = preset_sizes(args)
-    model = PaDiM(backbone=args.backbone, layers=args.layers, n_features=args.n_features, reduction=args.reduction, eps=args.eps,
-                  image_size=image_size, crop_size=crop_size, seed=args.seed, device=args.device,
-                  batch_size=args.batch_size, weights=args.weights, verbose=not args.quiet,
-                  holdout=args.holdout, fpr=args.fpr, engine=args.engine, threads=args.threads,
-                  max_pixels=args.max_pixels)
+    model = _as_options(lambda: PaDiM(
+        backbone=args.backbone, layers=args.layers, n_features=args.n_features, reduction=args.reduction, eps=args.eps,
+        image_size=image_size, crop_size=crop_size, seed=args.seed, device=args.device,
+        batch_size=args.batch_size, weights=args.weights, verbose=not args.quiet,
+        holdout=args.holdout, fpr=args.fpr, engine=args.engine, threads=args.threads, max_pixels=args.max_pixels))
+    _as_options(model._check_params)  # every parameter, and the output location, before a long fit
     if args.plan:
         from padim.data import as_items
 
         print("\n".join(model.plan(len(as_items(args.train_dir))).lines()))
         return
+    check_writable(out)
     if args.distributed:
         from padim.distributed import fit_distributed, init_from_env
 
@@ -291,10 +310,27 @@ def preset_sizes(args: argparse.Namespace) -> tuple[Any, Any]:
     return full_frame_size(height, width), None
 
 
+def _as_options(call: Any) -> Any:
+    """call(), with parameter errors naming the command-line option (--image-size) instead of image_size."""
+    from padim.constraints import PARAMETER_CONSTRAINTS
+
+    try:
+        return call()
+    except PadimError as exc:
+        name, _, rest = str(exc).partition(" ")
+        if name in PARAMETER_CONSTRAINTS:
+            raise PadimError(f"--{name.replace('_', '-')} {rest}") from None
+        raise
+
+
 def cmd_calibrate(args: argparse.Namespace) -> None:
     """padim calibrate."""
+    from padim.atomic import check_writable
+    from padim.constraints import PARAMETER_CONSTRAINTS, check_value
     from padim.model import PaDiM
 
+    check_value("--fpr", args.fpr, PARAMETER_CONSTRAINTS["fpr"])
+    check_writable(args.output or args.model)
     model = PaDiM.load(args.model, weights=args.weights, device=args.device, engine=args.engine, threads=args.threads,
                        batch_size=args.batch_size, verbose=not args.quiet, max_pixels=args.max_pixels)
     model.calibrate(args.good_dir, fpr=args.fpr, source=f"good images in {args.good_dir}")
@@ -332,6 +368,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     if args.distributed and args.report:
         raise PadimError("--report needs every heat map in one process: run it without --distributed")
+    _check_thresholds(args)
     if args.distributed:
         from padim.distributed import init_from_env
 
@@ -355,6 +392,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     from padim.model import PaDiM
     from padim.report import report_from_files
 
+    _check_thresholds(args)
     model = PaDiM.load(args.model, weights=args.weights, device=args.device, engine=args.engine, threads=args.threads,
                        batch_size=args.batch_size, verbose=not args.quiet, max_pixels=args.max_pixels)
     pred = report_from_files(args.output, model, args.inputs, args.masks_dir, args.title,
@@ -362,19 +400,33 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(f"report of {len(pred.scores)} images -> {args.output}")
 
 
+def _check_thresholds(args: argparse.Namespace) -> None:
+    """Refuse NaN, infinite or negative --image-threshold / --pixel-threshold before any image is scored."""
+    from padim.constraints import check_threshold
+
+    check_threshold("--image-threshold", args.image_threshold)
+    check_threshold("--pixel-threshold", args.pixel_threshold)
+
+
 def cmd_info(args: argparse.Namespace) -> None:
     """padim info: metadata only, the backbone is not loaded."""
     from padim.modelfile import read_model
 
     tensors, meta = read_model(args.model)
-    if args.json:
-        print(json.dumps(meta, indent=2))
-        return
+    try:
+        text = json.dumps(meta, indent=2) if args.json else _info_lines(args.model, meta)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise PadimError(f"{args.model}: model metadata malformed ({type(exc).__name__}: {exc})") from None
+    print(text)
+
+
+def _info_lines(path: str, meta: dict[str, Any]) -> str:
+    """The human-readable summary `padim info` prints."""
     bb, pre = meta.get("backbone", {}), meta.get("preprocessing", {})
     weights = bb.get("weights", {})
     crop = pre.get("crop_size")
     lines = [
-        f"model file      {args.model} ({os.path.getsize(args.model) / 1e6:.1f} MB, format v{meta['format_version']}, "
+        f"model file      {path} ({os.path.getsize(path) / 1e6:.1f} MB, format v{meta['format_version']}, "
         f"torch-padim {meta.get('library_version')})",
         f"backbone        {bb.get('name')} taps {','.join(bb.get('layers', []))} "
         f"(channels {bb.get('channels')}, strides {bb.get('strides')})",
@@ -394,7 +446,7 @@ def cmd_info(args: argparse.Namespace) -> None:
         f"created         {meta.get('created')}",
         f"engine here     {engine_here()} (model files are engine-independent; --engine to choose)",
     ]
-    print("\n".join(lines))
+    return "\n".join(lines)
 
 
 def _coverage(pre: dict[str, Any]) -> str:
@@ -523,8 +575,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
         raise PadimError(str(exc)) from None
     from padim.model import PaDiM
 
-    if args.max_upload_mb <= 0 or args.max_pixels < 1 or args.max_batch < 1:
-        raise PadimError("--max-upload-mb, --max-pixels and --max-batch must be positive")
+    if not 0 < args.max_upload_mb <= MAX_UPLOAD_MB or args.max_pixels < 1 or args.max_batch < 1:
+        raise PadimError(f"--max-upload-mb must be a number in (0, {MAX_UPLOAD_MB}], --max-pixels and --max-batch "
+                         f"positive; got {args.max_upload_mb}, {args.max_pixels}, {args.max_batch}")
     model = PaDiM.load(args.model, weights=args.weights, device=args.device, engine=args.engine, threads=args.threads,
                        batch_size=args.batch_size, max_pixels=args.max_pixels)
     serve(model, host=args.host, port=args.port, access_log=not args.quiet,
@@ -542,9 +595,10 @@ def cmd_export(args: argparse.Namespace) -> None:
     from padim.export import export_onnx, external_data_path, read_metadata, sidecar_path, verify_onnx
     from padim.model import PaDiM
 
+    from padim.atomic import check_writable
+
     out = Path(args.output)
-    if not out.parent.is_dir():
-        raise PadimError(f"{out}: output folder {out.parent} does not exist")
+    check_writable(out)
     model = PaDiM.load(args.model, weights=args.weights)
     if out.suffix.lower() != ".onnx":
         from padim.bundle import bundle_size, export_bundle
@@ -575,20 +629,79 @@ def _one_line_warning(message: Any, category: Any, *_args: Any, **_kwargs: Any) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: one-line errors and exit code 2 for bad input, no traceback."""
+    """Entry point: every failure is one line on stderr; exit 2 for bad input or environment, 1 for a bug.
+
+    PADIM_DEBUG=1 in the environment lets any exception propagate with its traceback.
+    """
     args = build_parser().parse_args(argv)
     warnings.showwarning = _one_line_warning
     if getattr(args, "max_pixels", None):
         _allow_pixels(args.max_pixels)
     try:
         COMMANDS[args.command](args)
-    except PadimError as exc:
-        print(f"padim: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         print("padim: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - the CLI boundary: one line, never a traceback
+        if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        message, code = describe_failure(exc)
+        print(f"padim: error: {message}", file=sys.stderr)
+        return code
     return 0
+
+
+def describe_failure(exc: BaseException) -> tuple[str, int]:
+    """One line for an exception that reached the CLI, and the exit code it gets."""
+    from PIL import Image
+
+    text = _first_line(exc)
+    if isinstance(exc, PadimError):
+        return text, EXIT_BAD_INPUT
+    if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and _is_out_of_memory(text)):
+        return (f"out of memory ({text if isinstance(exc, RuntimeError) else 'MemoryError'}): "
+                f"use a smaller --batch-size, --image-size or --n-features"), EXIT_BAD_INPUT
+    if isinstance(exc, Image.DecompressionBombError):
+        return f"image too large to decode safely: {text}", EXIT_BAD_INPUT
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        return f"{where}{exc.strerror or text}", EXIT_BAD_INPUT
+    if isinstance(exc, (RuntimeError, AssertionError)) and _is_device_error(text):
+        return f"device error ({text}): check --device, or use --device cpu", EXIT_BAD_INPUT
+    return (f"unexpected {type(exc).__name__}: {text} (probably a bug: rerun with {DEBUG_ENV}=1 for the traceback "
+            f"and report it)"), EXIT_INTERNAL
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception's first non-empty line, shortened, or its type's name."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _is_out_of_memory(text: str) -> bool:
+    """torch's CPU and GPU allocation failures."""
+    lowered = text.lower()
+    return "out of memory" in lowered or "can't allocate memory" in lowered or "not enough memory" in lowered
+
+
+def _is_device_error(text: str) -> bool:
+    """An accelerator or driver failure (CUDA, MPS, a torch built without them)."""
+    lowered = text.lower()
+    return any(word in lowered for word in ("cuda", "cudnn", "cublas", "mps", "nvidia", "hip", "device-side"))
+
+
+def _silence_stdout() -> None:
+    """After a reader closed our pipe: send what is left to /dev/null, so that exit prints nothing."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass
 
 
 if __name__ == "__main__":

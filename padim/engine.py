@@ -325,6 +325,28 @@ def resolve(name: str, device: str | torch.device) -> list[str]:
     return [name]
 
 
+def check_device(device: str | torch.device) -> None:
+    """Refuse a device this machine cannot run on, in one line (before any image is read)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise PadimError(f"unknown device {device!r}: use e.g. 'cpu' or 'cuda'") from None
+    if dev.type == "cpu":
+        return
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise PadimError(f"device {str(device)!r}: no CUDA GPU is available to torch here: use --device cpu")
+        if dev.index is not None and dev.index >= count:
+            raise PadimError(f"device {str(device)!r}: only {count} CUDA GPU(s) here (cuda:0 to cuda:{count - 1})")
+        return
+    if dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise PadimError(f"device {str(device)!r}: Apple MPS is not available here: use --device cpu")
+        return
+    raise PadimError(f"device {str(device)!r} is not supported: use 'cpu', 'cuda', 'cuda:N' or 'mps'")
+
+
 def build_engine(module: TapEmbedding, size: tuple[int, int], name: str = AUTO, device: str | torch.device = "cpu",
                  threads: int | None = None) -> Engine:
     """The first engine of `resolve(name)` that loads and matches torch eager on a probe batch."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -27,6 +28,7 @@ import torch
 
 from padim.atomic import atomic_write
 from padim.calibration import _logistic, _spread
+from padim.constraints import THRESHOLD, check_value
 from padim.data import Preprocess, as_items, iter_batches
 from padim.errors import PadimError
 from padim.model import PaDiM, Prediction, add_verdicts
@@ -231,8 +233,16 @@ def _parse_metadata(path: Path, text: str | None) -> dict[str, Any]:
     try:
         meta = json.loads(text)
         Preprocess.from_dict(meta["preprocessing"])
-    except (ValueError, KeyError, TypeError) as exc:
+        cal = meta.get("calibration")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise PadimError(f"{path}: '{METADATA_KEY}' metadata malformed ({type(exc).__name__}: {exc})") from None
+    if cal is not None:  # a NaN threshold would pass every part
+        if not isinstance(cal, dict):
+            raise PadimError(f"{path}: '{METADATA_KEY}' calibration must be an object, got {cal!r}")
+        for key in ("image_threshold", "pixel_threshold"):
+            check_value(key, cal.get(key), [THRESHOLD], str(path))
+        if not all(isinstance(s, (int, float)) and math.isfinite(s) for s in cal.get("image_scores") or []):
+            raise PadimError(f"{path}: calibration image scores contain NaN or inf")
     return meta
 
 

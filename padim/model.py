@@ -21,7 +21,9 @@ from padim.cpus import available_cpus
 from padim.data import (DEFAULT_MAX_PIXELS, Batch, Preprocess, as_items, as_size, check_finite, check_max_pixels,
                         iter_batches, n_batches)
 from padim.embedding import positions_to_maps, random_channels, split_by_tap
-from padim.engine import AUTO, Engine, TapEmbedding, build_engine, resolve
+from padim.constraints import (FILE_CONSTRAINTS, PARAMETER_CONSTRAINTS, check_memory, check_params, check_threshold,
+                               check_value)
+from padim.engine import AUTO, Engine, TapEmbedding, build_engine, check_device, resolve
 from padim.errors import PadimError
 from padim.gaussian import BatchBuffer, GaussianStats, precision_factor
 from padim.modelfile import read_model, write_model
@@ -122,6 +124,8 @@ def add_verdicts(pred: Prediction, calibrated: Any, image_threshold: float | Non
     `calibrated` offers image_threshold, pixel_threshold and normalize_scores(scores, threshold)
     (a Calibration, or an exported model's predictor), or is None.
     """
+    image_threshold = check_threshold("image threshold", image_threshold)
+    pixel_threshold = check_threshold("pixel threshold", pixel_threshold)
     if calibrated is not None:
         image_threshold = calibrated.image_threshold if image_threshold is None else image_threshold
         pixel_threshold = calibrated.pixel_threshold if pixel_threshold is None else pixel_threshold
@@ -134,6 +138,24 @@ def add_verdicts(pred: Prediction, calibrated: Any, image_threshold: float | Non
         pred.masks = [m > pixel_threshold for m in maps] if isinstance(maps, list) else maps > pixel_threshold
         pred.pixel_threshold = float(pixel_threshold)
     return pred
+
+
+def _check_file_values(meta: dict) -> None:
+    """Bound the values only a model file sets (the constructor's parameters are checked by _check_params)."""
+    rules = FILE_CONSTRAINTS
+    check_value("n_samples_seen", meta["n_samples_seen"], rules["n_samples_seen"])
+    shape = meta["feature_shape"]
+    if not isinstance(shape, list) or len(shape) != 2:
+        raise PadimError(f"feature_shape must be [height, width], got {shape!r}")
+    for side in shape:
+        check_value("feature_shape", side, rules["feature_side"])
+    channels = meta["backbone"]["channels"]
+    if not isinstance(channels, list) or not channels:
+        raise PadimError(f"backbone channels must be a non-empty list, got {channels!r}")
+    for c in channels:
+        check_value("backbone channels", c, rules["channels"])
+    check_value("precision_dtype", meta.get("precision_dtype"), rules["precision_dtype"])
+    check_value("statistics", meta.get("statistics", False), rules["statistics"])
 
 
 class PaDiM:
@@ -194,6 +216,7 @@ class PaDiM:
         self.engine = engine
         self.threads = threads
         self.max_pixels = max_pixels
+        check_params({name: getattr(self, name) for name in PARAMETER_CONSTRAINTS})  # fit() checks again, with devices
 
     # ----------------------------------------------------------------------------- set-up
     @property
@@ -202,18 +225,12 @@ class PaDiM:
         return Preprocess(as_size(self.image_size), as_size(self.crop_size))  # type: ignore[arg-type]
 
     def _check_params(self) -> None:
-        """Reject parameter values that cannot work, before any image is read."""
-        if not (isinstance(self.eps, (int, float)) and self.eps > 0):
-            raise PadimError(f"eps must be a positive number, got {self.eps!r}")
-        if self.reduction not in ("random", "pca"):
-            raise PadimError(f"reduction must be 'random' or 'pca', got {self.reduction!r}")
-        if self.sigma < 0:
-            raise PadimError(f"sigma must be >= 0, got {self.sigma!r}")
-        self.preprocess_  # noqa: B018 - validates sizes
+        """Reject parameter values that cannot work, before any image is read (see padim.constraints)."""
+        check_params({name: getattr(self, name) for name in PARAMETER_CONSTRAINTS})
+        self.preprocess_  # noqa: B018 - crop within the image
         resolve(self.engine, self.device)
-        if self.threads is not None and not (isinstance(self.threads, int) and self.threads >= 1):
-            raise PadimError(f"threads must be a positive integer or None, got {self.threads!r}")
         check_max_pixels(self.max_pixels)
+        check_device(self.device)
 
     def _init_network(self) -> None:
         """Build the backbone and draw the Rd channels (once, before the first batch)."""
@@ -232,6 +249,8 @@ class PaDiM:
             self.n_components_ = int(n_features)
             n_features = None
         self.channel_indices_ = random_channels(n_total, n_features, self.seed)  # type: ignore[arg-type]
+        d = self.n_components_ if self.reduction == "pca" else int(self.channel_indices_.numel())
+        check_memory(self.preprocess_.output_size, backbone.strides[0], d)
         self.net_ = PadimNet(backbone, self.channel_indices_, self.sigma, self.preprocess_.output_size).to(self.device)
         self.engine_: Engine | None = None
         self.components_: torch.Tensor | None = None
@@ -285,11 +304,12 @@ class PaDiM:
 
     def calibrate(self, good_images: Any, fpr: float | None = None, source: str | None = None) -> "PaDiM":
         """Set image and pixel thresholds at a false-positive rate on good images the fit has not seen."""
+        fpr = self.fpr if fpr is None else fpr
+        check_value("fpr", fpr, PARAMETER_CONSTRAINTS["fpr"])  # before any image is scored
         items = as_items(good_images)
         pred = self.predict(items)
         self.calibration_ = Calibration.from_predictions(
-            pred.scores, pred.maps, self.fpr if fpr is None else fpr, source or f"{len(items)} separate good images",
-            seed=self.seed)
+            pred.scores, pred.maps, fpr, source or f"{len(items)} separate good images", seed=self.seed)
         return self
 
     def partial_fit(self, images: Any) -> "PaDiM":
@@ -384,7 +404,11 @@ class PaDiM:
         assert self.stats_ is not None
         self.n_samples_seen_ = self.stats_.n
         self.created_ = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        self.net_.set_gaussians(self.stats_.mean.clone(), precision_factor(self.stats_, float(self.eps)))
+        stairs = precision_factor(self.stats_, float(self.eps))
+        if not all(bool(torch.isfinite(blk).all()) for blk in stairs):
+            raise PadimError(f"eps={float(self.eps):g} is too small for these features: the inverse covariance "
+                             f"overflows float32 (use a larger eps; the paper's is {paper.EPSILON})")
+        self.net_.set_gaussians(self.stats_.mean.clone(), stairs)
 
     @property
     def mean_(self) -> torch.Tensor:
@@ -459,6 +483,8 @@ class PaDiM:
     def predict(self, images: Any, original_size: bool = False, image_threshold: float | None = None,
                 pixel_threshold: float | None = None) -> Prediction:
         """Scores and anomaly maps (preprocessed grid or original sizes); verdicts when calibrated or given thresholds."""
+        check_threshold("image_threshold", image_threshold)  # before any image is scored
+        check_threshold("pixel_threshold", pixel_threshold)
         pred = self._raw_predict(images, original_size)
         return add_verdicts(pred, getattr(self, "calibration_", None), image_threshold, pixel_threshold)
 
@@ -515,6 +541,9 @@ class PaDiM:
         meta = self.metadata()
         meta["precision_dtype"] = "float16" if half else "float32"
         factor = staircase.to_packed(self.net_.factor)  # the file stores W's lower triangle
+        if half and not bool(torch.isfinite(factor.half()).all()):
+            raise PadimError(f"{path}: the inverse covariance factors exceed float16's range: save without half "
+                             f"(--half) or fit with a larger eps")
         tensors = {
             "mean": self.mean_,
             "precision_cholesky": factor.half() if half else factor,
@@ -539,6 +568,8 @@ class PaDiM:
         cls, path: str | os.PathLike, weights: str | os.PathLike | None = None, device: str = "cpu", **params: Any
     ) -> "PaDiM":
         """Read a model file, rebuild its backbone and check the weights are the ones it was fitted with."""
+        check_params(params)  # the caller's values, refused as such (not as the file's) and before reading it
+        check_device(device)
         tensors, meta = read_model(path)
         # The file is memory-mapped: copy what the model keeps, so that once the big factor and scatter
         # are unpacked nothing references the mapping and its pages leave the resident set.
@@ -555,6 +586,7 @@ class PaDiM:
     @classmethod
     def _from_file(cls, path: Any, tensors: dict, meta: dict, weights: Any, device: str, params: dict) -> "PaDiM":
         """Build a fitted model from checked file contents."""
+        _check_file_values(meta)
         bb, pre = meta["backbone"], meta["preprocessing"]
         source = bb["weights"]
         if weights is None:

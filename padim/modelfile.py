@@ -1,9 +1,17 @@
-"""Model files: safetensors tensors + JSON metadata with a format version; atomic writes, no pickle."""
+"""Model files: safetensors tensors + JSON metadata with a format version; atomic writes, no pickle.
+
+Since format version 2 the metadata holds `tensor_sha256`, a SHA-256 over every tensor's name, dtype,
+shape and bytes, checked on every read: a flipped bit in the data is a one-line error, never a score.
+Version 1 files (written before checksums) are still read, with a warning that their data cannot be
+checked; saving such a model again writes version 2.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +22,8 @@ from padim.atomic import atomic_write
 from padim.errors import PadimError
 
 FORMAT = "torch-padim"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+CHECKSUM_KEY = "tensor_sha256"
 _META_KEY = "padim"
 
 
@@ -27,9 +36,25 @@ class FileKind:
     key: str
     what: str  # "a <what>" in messages
     noun: str  # "<noun> file not found", "corrupt <noun> metadata"
+    oldest: int | None = None  # oldest version still read (None: only `version`)
+    checksum_from: int | None = None  # versions from this one must hold a checksum (None: checked if present)
+
+    def reads(self, version: Any) -> bool:
+        """Whether this library reads files of this version."""
+        return isinstance(version, int) and not isinstance(version, bool) and (self.oldest or self.version) <= version <= self.version
 
 
-MODEL = FileKind(FORMAT, FORMAT_VERSION, _META_KEY, "torch-padim model file", "model")
+MODEL = FileKind(FORMAT, FORMAT_VERSION, _META_KEY, "torch-padim model file", "model", oldest=1, checksum_from=2)
+
+
+def tensor_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order (independent of the file layout)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    return h.hexdigest()
 
 
 def write_model(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict[str, Any],
@@ -37,8 +62,8 @@ def write_model(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta:
     """Write tensors and metadata (format and version added) atomically."""
     from safetensors.torch import save_file
 
-    header = {"format": kind.format, "format_version": kind.version, **meta}
     payload = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    header = {"format": kind.format, "format_version": kind.version, **meta, CHECKSUM_KEY: tensor_sha256(payload)}
     atomic_write(path, lambda tmp: save_file(payload, tmp, metadata={kind.key: json.dumps(header)}))
 
 
@@ -65,10 +90,31 @@ def read_model(path: str | os.PathLike, kind: FileKind = MODEL) -> tuple[dict[st
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise PadimError(f"{path}: not a {kind.what} (format {found!r})")
     version = meta.get("format_version")
-    if version != kind.version:
+    if not kind.reads(version):
+        readable = f"{kind.oldest} to {kind.version}" if kind.oldest else f"{kind.version}"
         raise PadimError(
             f"{path}: {kind.noun} format version {version!r} is not supported by this torch-padim "
-            f"(reads version {kind.version}); use the torch-padim version that wrote it "
+            f"(reads version {readable}); use the torch-padim version that wrote it "
             f"({meta.get('library_version', 'unknown')})"
         )
+    check_checksum(path, tensors, meta, kind)
     return tensors, meta
+
+
+def check_checksum(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any], kind: FileKind) -> None:
+    """Refuse tensor data that does not match the stored checksum; warn for files older than checksums."""
+    from padim.calibration import PadimWarning
+
+    stored = meta.get(CHECKSUM_KEY)
+    if stored is None:
+        if kind.checksum_from is not None and meta["format_version"] >= kind.checksum_from:
+            raise PadimError(f"{path}: {kind.noun} metadata has no {CHECKSUM_KEY} (format version "
+                             f"{meta['format_version']} requires one): the file was altered or is incomplete")
+        if kind.checksum_from is not None:
+            warnings.warn(f"{path}: {kind.noun} format version {meta['format_version']} has no tensor checksum, "
+                          f"so corrupted data cannot be detected: save the model again to add one",
+                          PadimWarning, stacklevel=3)
+        return
+    if stored != tensor_sha256(tensors):
+        raise PadimError(f"{path}: tensor data does not match its checksum ({CHECKSUM_KEY}): the file is corrupt "
+                         f"(damaged or partly copied); restore it or fit again")

@@ -96,7 +96,7 @@ def test_paper_preset_reports_and_marks_what_it_does_not_inspect(tmp_path: Path,
     model.save(tmp_path / "m.safetensors")
     assert main(["info", str(tmp_path / "m.safetensors")]) == 0
     assert "centre 88.9% x 88.9% of every image (79.0% of its area); the rest is NOT inspected" in capsys.readouterr().out
-    pred = model.predict(images, original_size=True, pixel_threshold=-1.0)
+    pred = model.predict(images, original_size=True, pixel_threshold=0.0)
     unseen = ~np.isfinite(pred.maps[0])
     assert unseen[0].all() and unseen[:, 0].all() and not unseen[40, 40]
     assert not pred.masks[0][unseen].any()  # a mask never claims what was not looked at

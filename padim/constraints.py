@@ -1,0 +1,170 @@
+"""One table of what every parameter may be, checked by PaDiM's constructor path and by model loading.
+
+A value a user or a model file can set is checked here before anything is allocated or read: a
+header edited to sigma 1e6 or an image size of 100000 is refused in one line, not obeyed.
+The bounds are generous limits of what this implementation handles, not recommendations (the
+paper's values are in padim.paper).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from numbers import Integral, Real
+from typing import Any
+
+from padim.errors import PadimError
+
+MAX_SIDE = 4096  # pixels per side of the backbone input (the paper uses 224-256)
+MIN_SIDE = 32  # the deepest usual tap (stride 16-32) still gives a feature grid
+MAX_FEATURES = 8192  # embedding channels kept (wide_resnet50_2 has 1792 in layer1-3)
+MAX_BATCH = 4096
+MAX_SIGMA = 64.0  # pixels; the paper's is 4, the Gaussian's radius is 4 sigma
+MIN_EPS, MAX_EPS = 1e-8, 1e4  # below 1e-8 the inverse factors overflow float32/float16 scores
+MAX_SEED = 2**32 - 1
+MAX_THREADS = 1024
+MAX_LAYERS = 16
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One acceptable kind of value: a test and the words that describe it."""
+
+    accepts: Callable[[Any], bool]
+    text: str
+
+
+def _is_int(value: Any) -> bool:
+    """An integer, not a bool."""
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    """A finite real number, not a bool."""
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(float(value))
+
+
+def integer(low: int, high: int) -> Rule:
+    """An integer in [low, high]."""
+    return Rule(lambda v: _is_int(v) and low <= int(v) <= high, f"an integer in [{low}, {high}]")
+
+
+def real(low: float, high: float, low_open: bool = False, high_open: bool = False) -> Rule:
+    """A finite number between low and high, each end open or closed."""
+    def ok(v: Any) -> bool:
+        if not _is_real(v):
+            return False
+        x = float(v)
+        return (x > low if low_open else x >= low) and (x < high if high_open else x <= high)
+    return Rule(ok, f"a finite number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}")
+
+
+def one_of(*options: Any) -> Rule:
+    """One of these values."""
+    return Rule(lambda v: isinstance(v, (str, type(None))) and v in options, "one of " + ", ".join(map(repr, options)))
+
+
+NONE = Rule(lambda v: v is None, "None")
+BOOL = Rule(lambda v: isinstance(v, bool), "True or False")
+TEXT = Rule(lambda v: isinstance(v, str) and bool(v.strip()) and "\n" not in v, "a non-empty name")
+PATH = Rule(lambda v: isinstance(v, (str, os.PathLike)) and bool(str(v).strip()), "a file path")
+
+
+def _is_size(v: Any) -> bool:
+    """An int side or a (height, width) pair of sides in [MIN_SIDE, MAX_SIDE]."""
+    sides = [v] if not isinstance(v, Sequence) or isinstance(v, str) else list(v)
+    return len(sides) in (1, 2) and all(_is_int(s) and MIN_SIDE <= int(s) <= MAX_SIDE for s in sides)
+
+
+def _is_layers(v: Any) -> bool:
+    """A non-empty list of distinct, non-empty module names."""
+    return (isinstance(v, (list, tuple)) and 1 <= len(v) <= MAX_LAYERS and len(set(v)) == len(v)
+            and all(TEXT.accepts(name) for name in v))
+
+
+SIZE = Rule(_is_size, f"an integer or (height, width) of integers in [{MIN_SIDE}, {MAX_SIDE}]")
+LAYERS = Rule(_is_layers, f"1 to {MAX_LAYERS} distinct, non-empty module names")
+FRACTION = real(0.0, 1.0, low_open=True, high_open=True)
+
+# What each PaDiM parameter may be: any one of its rules.
+PARAMETER_CONSTRAINTS: dict[str, list[Rule]] = {
+    "backbone": [TEXT],
+    "layers": [NONE, LAYERS],
+    "n_features": [NONE, one_of("all"), integer(1, MAX_FEATURES)],
+    "reduction": [one_of("random", "pca")],
+    "eps": [real(MIN_EPS, MAX_EPS)],
+    "image_size": [SIZE],
+    "crop_size": [NONE, SIZE],
+    "seed": [integer(0, MAX_SEED)],
+    "device": [TEXT],
+    "batch_size": [integer(1, MAX_BATCH)],
+    "weights": [NONE, PATH],
+    "sigma": [real(0.0, MAX_SIGMA)],
+    "workers": [NONE, integer(0, 64)],
+    "verbose": [BOOL],
+    "holdout": [real(0.0, 1.0, high_open=True)],
+    "fpr": [FRACTION],
+    "engine": [TEXT],
+    "threads": [NONE, integer(1, MAX_THREADS)],
+    "max_pixels": [NONE, integer(1, 2**40)],
+}
+
+# Values only a model file sets (checked on load, beside the constructor's parameters).
+FILE_CONSTRAINTS: dict[str, list[Rule]] = {
+    "n_samples_seen": [integer(1, 2**53)],
+    "feature_side": [integer(1, MAX_SIDE)],
+    "channels": [integer(1, 65536)],
+    "precision_dtype": [one_of(None, "float32", "float16")],
+    "statistics": [BOOL],
+}
+
+THRESHOLD = real(0.0, 3.4e38)  # scores are distances: >= 0 and finite
+
+
+def check_value(name: str, value: Any, rules: list[Rule], where: str = "") -> None:
+    """Refuse a value no rule accepts, in one line naming the parameter (and file, if any)."""
+    if any(rule.accepts(value) for rule in rules):
+        return
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    prefix = f"{where}: " if where else ""
+    raise PadimError(f"{prefix}{name} must be {' or '.join(r.text for r in rules)}, got {shown}")
+
+
+def check_params(params: dict[str, Any], where: str = "") -> None:
+    """Check every parameter the table knows; unknown names are left to the caller."""
+    for name, value in params.items():
+        if name in PARAMETER_CONSTRAINTS:
+            check_value(name, value, PARAMETER_CONSTRAINTS[name], where)
+
+
+def gaussians_bytes(size: tuple[int, int], stride: int, dim: int) -> int:
+    """Bytes a fit holds for its Gaussians: float64 means and packed scatters, float32 factors, per position."""
+    positions = math.ceil(size[0] / stride) * math.ceil(size[1] / stride)
+    return positions * (8 * dim + 8 * dim * (dim + 1) // 2 + 4 * dim * dim)
+
+
+def physical_memory() -> int | None:
+    """This machine's RAM in bytes, where the OS says."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(size: tuple[int, int], stride: int, dim: int) -> None:
+    """Refuse, before allocating, Gaussians larger than this machine's memory (e.g. a huge image size)."""
+    need, have = gaussians_bytes(size, stride, dim), physical_memory()
+    if have is not None and need > have:
+        raise PadimError(f"image size {size[0]}x{size[1]} with {dim} features needs about {need / 2**30:.0f} GiB for "
+                         f"the Gaussians, more than this machine's {have / 2**30:.0f} GiB: use a smaller image size, "
+                         f"crop size or n_features")
+
+
+def check_threshold(name: str, value: float | None, where: str = "") -> float | None:
+    """A threshold: None (not given) or a finite number >= 0; NaN would accept every part."""
+    if value is not None:
+        check_value(name, value, [THRESHOLD], where)
+        return float(value)
+    return None
