@@ -14,7 +14,11 @@ from padim.atomic import atomic_write
 from padim.errors import PadimError
 
 FORMAT = "torch-padim"
-FORMAT_VERSION = 1
+# Version 2 adds the frame check's statistics (tensors frame_mean, frame_scatter, metadata "frame"):
+# an older reader would drop that check silently, so it must refuse these files; version 1 files
+# still load here, with the frame check off (PaDiM.load warns).
+FORMAT_VERSION = 2
+READS_ALSO = (1,)
 _META_KEY = "padim"
 
 
@@ -27,9 +31,10 @@ class FileKind:
     key: str
     what: str  # "a <what>" in messages
     noun: str  # "<noun> file not found", "corrupt <noun> metadata"
+    reads_also: tuple[int, ...] = ()  # older versions this one still reads
 
 
-MODEL = FileKind(FORMAT, FORMAT_VERSION, _META_KEY, "torch-padim model file", "model")
+MODEL = FileKind(FORMAT, FORMAT_VERSION, _META_KEY, "torch-padim model file", "model", READS_ALSO)
 
 
 def write_model(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict[str, Any],
@@ -65,10 +70,11 @@ def read_model(path: str | os.PathLike, kind: FileKind = MODEL) -> tuple[dict[st
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise PadimError(f"{path}: not a {kind.what} (format {found!r})")
     version = meta.get("format_version")
-    if version != kind.version:
+    if type(version) is not int or (version != kind.version and version not in kind.reads_also):
+        readable = ", ".join(str(v) for v in sorted((kind.version, *kind.reads_also)))
         raise PadimError(
             f"{path}: {kind.noun} format version {version!r} is not supported by this torch-padim "
-            f"(reads version {kind.version}); use the torch-padim version that wrote it "
+            f"(reads version {readable}); use the torch-padim version that wrote it "
             f"({meta.get('library_version', 'unknown')})"
         )
     return tensors, meta
