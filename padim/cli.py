@@ -282,6 +282,10 @@ def cmd_predict(args: argparse.Namespace) -> None:
             row["normalized_score"] = float(pred.normalized_scores[k])
         if pred.decisions is not None:
             row["defective"] = bool(pred.decisions[k])
+        if pred.frame_scores is not None:
+            row["frame_score"] = float(pred.frame_scores[k])
+        if pred.reasons is not None:
+            row["reason"] = pred.reasons[k]
         rows.append(row)
     if not args.no_overlays:
         low = min((float(m.min()) for m in pred.maps), default=np.inf) if pred else np.inf
@@ -365,6 +369,7 @@ def cmd_info(args: argparse.Namespace) -> None:
         f"eps, sigma      {meta.get('eps')}, {meta.get('sigma')}",
         f"training images {meta.get('n_samples_seen')}",
         f"statistics      {'stored (resumable)' if meta.get('statistics') else 'not stored'}",
+        "frame check     " + _frame_line(meta),
         "thresholds      " + (f"image {cal['image_threshold']:.4g}, pixel {cal['pixel_threshold']:.4g} at FPR {cal['fpr']:.2%} "
                               f"on {cal['n_images']} good images ({cal['source']})" if (cal := meta.get("calibration"))
                               else "none (not calibrated: padim calibrate MODEL GOOD_DIR, or fit --holdout 0.1)"),
@@ -372,6 +377,17 @@ def cmd_info(args: argparse.Namespace) -> None:
         f"engine here     {engine_here()} (model files are engine-independent; --engine to choose)",
     ]
     print("\n".join(lines))
+
+
+def _frame_line(meta: dict[str, Any]) -> str:
+    """`padim info`'s description of the frame check (padim.frame)."""
+    frame, cal = meta.get("frame"), meta.get("calibration") or {}
+    if not isinstance(frame, dict):
+        return "off (saved before the frame check: blank and foreign frames pass; refit to enable it)"
+    threshold = (f"frame threshold {cal['frame_threshold']:.4g}" if "frame_threshold" in cal
+                 else "blank frames only until calibrated")
+    return (f"on: pooled-feature Gaussian of {frame.get('n_images')} images ({frame.get('dim')} dims), "
+            f"training contrast minimum {frame.get('contrast_min')}, {threshold}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
