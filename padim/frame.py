@@ -16,7 +16,8 @@ need no defect examples close this gap:
   the frame score. It is accumulated in the same streaming pass as the patch Gaussians, with the
   same exact pairwise statistics (padim.gaussian.GaussianStats with a single "position"), so
   partial_fit and merge give the same result as one fit; its threshold comes from the same good
-  held-out images as the image threshold, at the same false-positive rate (padim.calibration).
+  held-out images as the image threshold, at the same false-positive rate, times a margin
+  (padim.calibration.FRAME_MARGIN: the check is a safety net for gross failures, not for drift).
 
 The summary has 2d dimensions (352 for Lite0) and is fitted on tens of images, so its sample
 covariance is singular: it is shrunk towards its diagonal by the Oracle Approximating Shrinkage
