@@ -386,8 +386,10 @@ def _frame_line(meta: dict[str, Any]) -> str:
         return "off (saved before the frame check: blank and foreign frames pass; refit to enable it)"
     threshold = (f"frame threshold {cal['frame_threshold']:.4g}" if "frame_threshold" in cal
                  else "blank frames only until calibrated")
+    contrast = frame.get("contrast_min")
+    contrast = f"{contrast:.3g}" if isinstance(contrast, (int, float)) else repr(contrast)
     return (f"on: pooled-feature Gaussian of {frame.get('n_images')} images ({frame.get('dim')} dims), "
-            f"training contrast minimum {frame.get('contrast_min')}, {threshold}")
+            f"training contrast minimum {contrast}, {threshold}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
