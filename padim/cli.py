@@ -440,6 +440,7 @@ def _info_lines(path: str, meta: dict[str, Any]) -> str:
         f"eps, sigma      {meta.get('eps')}, {meta.get('sigma')}",
         f"training images {meta.get('n_samples_seen')}",
         f"statistics      {'stored (resumable)' if meta.get('statistics') else 'not stored'}",
+        "frame check     " + _frame_line(meta),
         "thresholds      " + (f"image {cal['image_threshold']:.4g}, pixel {cal['pixel_threshold']:.4g} at FPR {cal['fpr']:.2%} "
                               f"on {cal['n_images']} good images ({cal['source']})" if (cal := meta.get("calibration"))
                               else "none (not calibrated: padim calibrate MODEL GOOD_DIR, or fit --holdout 0.1)"),
@@ -458,6 +459,19 @@ def _coverage(pre: dict[str, Any]) -> str:
         return "the whole image (no crop)"
     return (f"centre {fh:.1%} x {fw:.1%} of every image ({fh * fw:.1%} of its area); the rest is NOT inspected "
             f"(NaN in original-size maps, hatched in overlays)")
+
+
+def _frame_line(meta: dict[str, Any]) -> str:
+    """`padim info`'s description of the frame check (padim.frame)."""
+    frame, cal = meta.get("frame"), meta.get("calibration") or {}
+    if not isinstance(frame, dict):
+        return "off (saved before the frame check: blank and foreign frames pass; refit to enable it)"
+    threshold = (f"frame threshold {cal['frame_threshold']:.4g}" if "frame_threshold" in cal
+                 else "blank frames only until calibrated")
+    contrast = frame.get("contrast_min")
+    contrast = f"{contrast:.3g}" if isinstance(contrast, (int, float)) else repr(contrast)
+    return (f"on: pooled-feature Gaussian of {frame.get('n_images')} images ({frame.get('dim')} dims), "
+            f"training contrast minimum {contrast}, {threshold}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:

@@ -15,6 +15,7 @@ import torch.distributed as dist
 
 from padim.data import as_items
 from padim.errors import PadimError
+from padim.frame import FrameStats
 from padim.gaussian import GaussianStats
 from padim.model import PaDiM
 
@@ -50,6 +51,14 @@ def merge_to_rank0(stats: GaussianStats) -> GaussianStats | None:
     return merged
 
 
+def merge_frames_to_rank0(frame: FrameStats) -> FrameStats | None:
+    """Every rank's frame statistics merged on rank 0 (like merge_to_rank0); None elsewhere."""
+    contrast = torch.tensor([frame.contrast_min], dtype=torch.float64, device=frame.gaussian.mean.device)
+    dist.all_reduce(contrast, op=dist.ReduceOp.MIN)
+    gaussian = merge_to_rank0(frame.gaussian)
+    return None if gaussian is None else FrameStats(gaussian, float(contrast.item()))
+
+
 def fit_distributed(model: PaDiM, images: Any) -> PaDiM:
     """Fit `model` on this rank's shard of `images`; rank 0 ends with the merged, finished model."""
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -66,11 +75,15 @@ def fit_distributed(model: PaDiM, images: Any) -> PaDiM:
         dist.broadcast(components, src=0)
         model.components_ = components
         model.net_.projection = components
-    merged = merge_to_rank0(model.accumulate(shard, model.empty_stats()))
+    stats = model.empty_stats()
+    frame = FrameStats.empty(stats.dim, model.device)
+    merged = merge_to_rank0(model.accumulate(shard, stats, frame))
+    frame_merged = merge_frames_to_rank0(frame)
     if rank == 0:
         if merged.n == 0:
             raise PadimError("no training images: the Gaussians are undefined")
         model.stats_ = merged
+        model.frame_stats_ = frame_merged
         model._finish_fit()
         model._calibrate_holdout(held)
     dist.barrier()

@@ -87,5 +87,11 @@ def _on_grid(fmap: torch.Tensor, idx: torch.Tensor, h: int, w: int) -> torch.Ten
 
 
 def positions_to_maps(embedding: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Positions-first (h*w, B, d) embeddings as (B, d, h, w) maps (a copy)."""
-    return embedding.permute(1, 2, 0).reshape(embedding.shape[1], embedding.shape[2], *grid)
+    """Positions-first (h*w, B, d) embeddings as (B, d, h, w) maps (a copy).
+
+    Always a copy: the permuted reshape alone is a view, and OpenVINO/ONNX Runtime hand out their
+    output buffers, which the next batch of the same size overwrites (transform() returned the last
+    batch's embeddings for every earlier batch of that size).
+    """
+    maps = embedding.permute(1, 2, 0).reshape(embedding.shape[1], embedding.shape[2], *grid)
+    return maps.clone(memory_format=torch.contiguous_format)

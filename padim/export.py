@@ -31,6 +31,7 @@ from padim.calibration import _logistic, _spread
 from padim.constraints import THRESHOLD, check_value
 from padim.data import Preprocess, as_items, iter_batches
 from padim.errors import PadimError
+from padim.frame import BLANK_CONTRAST_FRACTION, frame_contrast
 from padim.model import PaDiM, Prediction, add_verdicts
 
 EXPORT_HINT = "onnx export needs: pip install 'torch-padim[export]'"
@@ -331,8 +332,9 @@ class OnnxPredictor:
                 original_size: bool = False) -> Prediction:
         """Scores and maps like PaDiM.predict; verdicts and masks with stored or given thresholds."""
         names: list[str] = []
-        scores, maps = [], []
+        scores, maps, contrast = [], [], []
         for batch in iter_batches(as_items(images), self.preprocess, self.batch_size, self.workers):
+            contrast.append(frame_contrast(batch.pixels, self.preprocess.std).numpy())
             batch_maps, batch_scores = self.run(batch.pixels.numpy())
             bad = ~np.isfinite(batch_scores)
             if bad.any():
@@ -344,7 +346,13 @@ class OnnxPredictor:
                          for m, s in zip(batch_maps, batch.original_sizes)]
             else:
                 maps.append(batch_maps)
-        pred = Prediction(names, np.concatenate(scores), maps if original_size else np.concatenate(maps))
+        pred = Prediction(names, np.concatenate(scores), maps if original_size else np.concatenate(maps),
+                          contrast=np.concatenate(contrast))
+        # The graph computes maps and scores only: of the frame check, the contrast floor travels (as
+        # metadata) and applies here; the pooled-feature Gaussian is not exported.
+        frame = self.metadata.get("frame")
+        if isinstance(frame, dict) and isinstance(frame.get("contrast_min"), (int, float)):
+            pred.blank = pred.contrast < BLANK_CONTRAST_FRACTION * float(frame["contrast_min"])
         return add_verdicts(pred, self if self.calibration is not None else None, image_threshold, pixel_threshold)
 
     def __repr__(self) -> str:

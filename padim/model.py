@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import os
 import sys
 import warnings
@@ -25,6 +26,7 @@ from padim.constraints import (FILE_CONSTRAINTS, PARAMETER_CONSTRAINTS, check_me
                                check_value)
 from padim.engine import AUTO, Engine, TapEmbedding, build_engine, check_device, resolve
 from padim.errors import PadimError
+from padim.frame import FrameModel, FrameStats, frame_contrast, frame_reasons
 from padim.gaussian import BatchBuffer, GaussianStats, precision_factor
 from padim.modelfile import read_model, write_model
 from padim.plan import Plan, make_plan
@@ -105,7 +107,11 @@ class PadimNet(nn.Module):
 
 @dataclass
 class Prediction:
-    """Image scores and anomaly maps, in input order; with a calibration, also verdicts and defect masks."""
+    """Image scores and anomaly maps, in input order; with a calibration, also verdicts and defect masks.
+
+    The frame check (padim.frame) adds frame scores, contrasts and blank flags; a frame that fails it
+    is defective whatever its anomaly score, and `reasons` says why each image was called defective.
+    """
 
     names: list[str]
     scores: np.ndarray  # (N,) float32, raw (higher is more anomalous)
@@ -115,14 +121,21 @@ class Prediction:
     masks: Any = None  # like maps, bool: pixel score > pixel threshold
     image_threshold: float | None = None
     pixel_threshold: float | None = None
+    frame_scores: np.ndarray | None = None  # (N,) float64: Mahalanobis distance of the frame's pooled features
+    contrast: np.ndarray | None = None  # (N,) float64: the frame's pixel standard deviation (padim.frame)
+    blank: np.ndarray | None = None  # (N,) bool: contrast far below every training frame's
+    frame_threshold: float | None = None
+    reasons: list[str] | None = None  # (N,) why each image is defective ('' for a pass), see padim.frame
 
 
 def add_verdicts(pred: Prediction, calibrated: Any, image_threshold: float | None,
                  pixel_threshold: float | None) -> Prediction:
-    """Fill in normalised scores, decisions and masks from given thresholds or a calibration.
+    """Fill in normalised scores, decisions, reasons and masks from given thresholds or a calibration.
 
     `calibrated` offers image_threshold, pixel_threshold and normalize_scores(scores, threshold)
-    (a Calibration, or an exported model's predictor), or is None.
+    (a Calibration, or an exported model's predictor), optionally frame_threshold, or is None.
+    A blank frame, or one whose frame score exceeds the frame threshold, is defective whatever its
+    anomaly score; without an image threshold decisions stay None, but reasons still name blank frames.
     """
     image_threshold = check_threshold("image threshold", image_threshold)
     pixel_threshold = check_threshold("pixel threshold", pixel_threshold)
@@ -130,9 +143,19 @@ def add_verdicts(pred: Prediction, calibrated: Any, image_threshold: float | Non
         image_threshold = calibrated.image_threshold if image_threshold is None else image_threshold
         pixel_threshold = calibrated.pixel_threshold if pixel_threshold is None else pixel_threshold
         pred.normalized_scores = calibrated.normalize_scores(pred.scores, image_threshold)
+        pred.frame_threshold = getattr(calibrated, "frame_threshold", None)
+    n = len(pred.scores)
+    blank = np.zeros(n, bool) if pred.blank is None else np.asarray(pred.blank, bool)
+    unlike = np.zeros(n, bool)
+    if pred.frame_threshold is not None and pred.frame_scores is not None:
+        unlike = pred.frame_scores > pred.frame_threshold
+    above = np.zeros(n, bool)
     if image_threshold is not None:
-        pred.decisions = pred.scores > image_threshold
+        above = pred.scores > image_threshold
+        pred.decisions = above | blank | unlike
         pred.image_threshold = float(image_threshold)
+    if pred.blank is not None or pred.frame_scores is not None or image_threshold is not None:
+        pred.reasons = frame_reasons(blank.tolist(), unlike.tolist(), above.tolist())
     if pixel_threshold is not None:
         maps = pred.maps
         pred.masks = [m > pixel_threshold for m in maps] if isinstance(maps, list) else maps > pixel_threshold
@@ -255,6 +278,8 @@ class PaDiM:
         self.engine_: Engine | None = None
         self.components_: torch.Tensor | None = None
         self.stats_: GaussianStats | None = None
+        self.frame_stats_: FrameStats | None = None
+        self.frame_: FrameModel | None = None
         self.n_samples_seen_ = 0
 
     def _is_fitted(self) -> bool:
@@ -309,7 +334,8 @@ class PaDiM:
         items = as_items(good_images)
         pred = self.predict(items)
         self.calibration_ = Calibration.from_predictions(
-            pred.scores, pred.maps, fpr, source or f"{len(items)} separate good images", seed=self.seed)
+            pred.scores, pred.maps, fpr, source or f"{len(items)} separate good images", seed=self.seed,
+            frame_scores=pred.frame_scores)
         return self
 
     def partial_fit(self, images: Any) -> "PaDiM":
@@ -324,7 +350,8 @@ class PaDiM:
             self.set_components(self.pooled_stats(items))
         if self.stats_ is None:
             self.stats_ = self.empty_stats()
-        self.accumulate(items, self.stats_)
+            self.frame_stats_ = FrameStats.empty(self.stats_.dim, self.device)
+        self.accumulate(items, self.stats_, self.frame_stats_)
         self._finish_fit()
         self._discard_calibration()
         return self
@@ -335,12 +362,14 @@ class PaDiM:
         d = self.n_components_ if self.reduction == "pca" else int(self.channel_indices_.numel())
         return GaussianStats.empty(self.net_.grid[0] * self.net_.grid[1], d, self.device)
 
-    def accumulate(self, items: list, stats: GaussianStats) -> GaussianStats:
-        """Add the embeddings of images to per-position statistics, batch by batch."""
+    def accumulate(self, items: list, stats: GaussianStats, frame: FrameStats | None = None) -> GaussianStats:
+        """Add the embeddings of images to per-position statistics (and frame statistics), batch by batch."""
         buffer = BatchBuffer(stats)
         for batch, emb in self._embeddings(items, "fit"):
             # A NaN/inf anywhere in an image's embedding makes its sum non-finite: one reduction, not a mask.
             check_finite(emb.sum(dim=(0, 2)), batch)
+            if frame is not None:  # before the buffer: the same embeddings, in the same pass
+                frame.update(emb, frame_contrast(batch.pixels, self.preprocess_.std))
             buffer.add(emb)
         buffer.flush()
         return stats
@@ -383,9 +412,21 @@ class PaDiM:
         if not torch.equal(self.net_.projection, other.net_.projection):
             raise PadimError("cannot merge PCA models with different components (fit the PCA once, then partial_fit)")
         self.stats_.merge(other.stats_)
+        self._merge_frames(other)
         self._finish_fit()
         self._discard_calibration()
         return self
+
+    def _merge_frames(self, other: "PaDiM") -> None:
+        """Merge the frame statistics; if either model has none (an old file), the merged one has none."""
+        mine, theirs = getattr(self, "frame_stats_", None), getattr(other, "frame_stats_", None)
+        if mine is not None and theirs is not None:
+            mine.merge(theirs)
+            return
+        if mine is not None or theirs is not None:
+            warnings.warn("one merged model has no frame statistics (saved before the frame check): "
+                          "the merged model's frame check is off", PadimWarning, stacklevel=3)
+        self.frame_stats_ = None
 
     def _identity(self) -> dict[str, Any]:
         """What two models must share to be merged."""
@@ -409,6 +450,8 @@ class PaDiM:
             raise PadimError(f"eps={float(self.eps):g} is too small for these features: the inverse covariance "
                              f"overflows float32 (use a larger eps; the paper's is {paper.EPSILON})")
         self.net_.set_gaussians(self.stats_.mean.clone(), stairs)
+        frame_stats = getattr(self, "frame_stats_", None)
+        self.frame_ = None if frame_stats is None else FrameModel.from_stats(frame_stats, float(self.eps))
 
     @property
     def mean_(self) -> torch.Tensor:
@@ -470,15 +513,26 @@ class PaDiM:
 
     def predict_batches(self, images: Any) -> Iterator[tuple[Batch, torch.Tensor, torch.Tensor]]:
         """Yield (batch, maps (B, H, W), scores (B,)) batch by batch, for streaming large folders."""
+        for batch, maps, scores, _ in self.scored_batches(images):
+            yield batch, maps, scores
+
+    def scored_batches(self, images: Any) -> Iterator[tuple[Batch, torch.Tensor, torch.Tensor, dict]]:
+        """Like predict_batches, with the frame check's numbers (frame_scores, contrast, blank: numpy or None)."""
         self._require_fitted()
         items = as_items(images)
+        frame = getattr(self, "frame_", None)
         for batch, emb in self._embeddings(items, "predict"):
+            contrast = frame_contrast(batch.pixels, self.preprocess_.std)
+            checks = {"contrast": contrast.cpu().numpy(), "frame_scores": None, "blank": None}
+            if frame is not None:  # before scoring: score_positions centres the embeddings in place
+                checks["frame_scores"] = frame.scores(emb).cpu().numpy()
+                checks["blank"] = frame.blank(contrast).cpu().numpy()
             with torch.no_grad():
                 maps, scores = self.net_.score_positions(emb)
             # NaN/inf in a patch's embedding (or in the model) reaches its image's maximum: checking the
             # scores is equivalent to checking every embedding, at a fraction of the cost.
             check_finite(scores, batch, "anomaly score is NaN/inf (NaN/inf features or model tensors)")
-            yield batch, maps, scores
+            yield batch, maps, scores, checks
 
     def predict(self, images: Any, original_size: bool = False, image_threshold: float | None = None,
                 pixel_threshold: float | None = None) -> Prediction:
@@ -491,15 +545,19 @@ class PaDiM:
     def _raw_predict(self, images: Any, original_size: bool) -> Prediction:
         """Scores and maps only."""
         names, scores, maps = [], [], []
-        for batch, batch_maps, batch_scores in self.predict_batches(images):
+        checks: dict[str, list] = {"contrast": [], "frame_scores": [], "blank": []}
+        for batch, batch_maps, batch_scores, batch_checks in self.scored_batches(images):
             names += batch.names
             scores.append(batch_scores.cpu().numpy())
+            for key, value in batch_checks.items():
+                checks[key].append(value)
             if original_size:
                 maps += [self.preprocess_.to_original(m[None].cpu(), s)[0].numpy()
                          for m, s in zip(batch_maps, batch.original_sizes)]
             else:
                 maps.append(batch_maps.cpu().numpy())
-        return Prediction(names, np.concatenate(scores), maps if original_size else np.concatenate(maps))
+        frame = {k: None if any(v is None for v in vals) else np.concatenate(vals) for k, vals in checks.items()}
+        return Prediction(names, np.concatenate(scores), maps if original_size else np.concatenate(maps), **frame)
 
     def score_samples(self, images: Any) -> np.ndarray:
         """Image anomaly scores only (higher is more anomalous)."""
@@ -530,7 +588,16 @@ class PaDiM:
             "preprocessing": self.preprocess_.to_dict(),
             "feature_shape": list(self.feature_shape_),
             "n_samples_seen": int(self.n_samples_seen_),
+            "frame": self._frame_meta(),
         }
+
+    def _frame_meta(self) -> dict[str, Any] | None:
+        """The frame check's scalars (its Gaussian travels as tensors), or None when it is off."""
+        stats = getattr(self, "frame_stats_", None)
+        if stats is None:
+            return None
+        return {"summary": "mean and std over positions of each embedding channel", "dim": int(stats.gaussian.dim),
+                "n_images": int(stats.n), "contrast_min": float(stats.contrast_min)}
 
     def save(self, path: str | os.PathLike, statistics: bool = False, half: bool = False) -> None:
         """Write the model atomically; statistics=True also stores what partial_fit/merge need.
@@ -551,11 +618,16 @@ class PaDiM:
         }
         if self.net_.projection.numel():
             tensors["projection"] = self.net_.projection
+        if self.frame_stats_ is not None:  # small (2d x 2d): kept even without statistics, it scores frames
+            tensors["frame_mean"] = self.frame_stats_.gaussian.mean[0]
+            tensors["frame_scatter"] = self.frame_stats_.gaussian.packed_scatter()[0]
         calibration = getattr(self, "calibration_", None)
         if calibration is not None:
             meta["calibration"] = calibration.to_meta()
             tensors["calibration_image_scores"] = torch.from_numpy(calibration.image_scores)
             tensors["calibration_pixel_sample"] = torch.from_numpy(calibration.pixel_sample)
+            if calibration.frame_scores is not None:
+                tensors["calibration_frame_scores"] = torch.from_numpy(calibration.frame_scores)
         meta["statistics"] = bool(statistics)
         if statistics:
             if self.stats_ is None:
@@ -628,6 +700,9 @@ class PaDiM:
             expected["projection"] = ((n_total, d), torch.float32)
         if meta.get("statistics"):
             expected["scatter"] = ((n_pos, d * (d + 1) // 2), torch.float64)
+        if meta.get("frame") is not None:
+            expected["frame_mean"] = ((2 * d,), torch.float64)
+            expected["frame_scatter"] = ((d * (2 * d + 1),), torch.float64)  # 2d(2d+1)/2
         for name, (shape, dtype) in expected.items():
             t = tensors.get(name)
             if t is None or tuple(t.shape) != shape or t.dtype != dtype:
@@ -662,7 +737,25 @@ class PaDiM:
         self.n_samples_seen_ = n
         stairs = staircase.from_packed(tensors.pop("precision_cholesky").to(self.device), d)
         self.net_.set_gaussians(mean, stairs)
+        self.frame_stats_ = self._frame_from_file(path, tensors, meta, n)
+        self.frame_ = None if self.frame_stats_ is None else FrameModel.from_stats(self.frame_stats_, float(self.eps))
         self.calibration_ = self._calibration_from_file(path, tensors, meta)
+
+    def _frame_from_file(self, path: Any, tensors: dict, meta: dict, n: int) -> FrameStats | None:
+        """The stored frame statistics (tensors already checked), or None with a warning for older files."""
+        info = meta.get("frame")
+        if info is None:
+            warnings.warn(f"{path}: saved before the frame check (format v{meta.get('format_version')}): blank and "
+                          f"foreign frames are not caught; refit to enable it", PadimWarning, stacklevel=4)
+            return None
+        contrast = info["contrast_min"]
+        if not isinstance(contrast, (int, float)) or not math.isfinite(contrast) or contrast < 0:
+            raise PadimError(f"{path}: frame contrast_min must be a finite number >= 0, got {contrast!r}")
+        if info["n_images"] != n:
+            raise PadimError(f"{path}: frame statistics of {info['n_images']!r} images, the model saw {n}")
+        gaussian = GaussianStats.from_packed(n, tensors["frame_mean"][None].to(self.device),
+                                             tensors["frame_scatter"][None].to(self.device))
+        return FrameStats(gaussian, float(contrast))
 
     @staticmethod
     def _calibration_from_file(path: Any, tensors: dict, meta: dict) -> Calibration | None:
@@ -675,7 +768,12 @@ class PaDiM:
             raise PadimError(f"{path}: calibration tensors missing or inconsistent with the metadata")
         if not (torch.isfinite(scores).all() and torch.isfinite(pixels).all()):
             raise PadimError(f"{path}: calibration scores contain NaN or inf")
-        return Calibration(scores.numpy(), pixels.numpy(), float(info["fpr"]), str(info["source"]))
+        frames = tensors.get("calibration_frame_scores")
+        if frames is not None and (frames.shape != scores.shape or frames.dtype != torch.float64
+                                   or not torch.isfinite(frames).all() or meta.get("frame") is None):
+            raise PadimError(f"{path}: calibration frame scores inconsistent with the image scores or not finite")
+        return Calibration(scores.numpy(), pixels.numpy(), float(info["fpr"]), str(info["source"]),
+                           None if frames is None else frames.numpy())
 
     def __repr__(self) -> str:
         fitted = f", fitted on {self.n_samples_seen_} images" if self._is_fitted() else ""

@@ -22,6 +22,9 @@ from padim.atomic import atomic_write
 from padim.errors import PadimError
 
 FORMAT = "torch-padim"
+# Version 2 adds the tensor checksum and the frame check's statistics (tensors frame_mean, frame_scatter,
+# metadata "frame"): an older reader would drop that check silently, so it must refuse these files;
+# version 1 files still load here, with the frame check off and a warning that nothing can check their data.
 FORMAT_VERSION = 2
 CHECKSUM_KEY = "tensor_sha256"
 _META_KEY = "padim"

@@ -479,6 +479,8 @@ def _row_html(i: int, rank: int, name: str, shown: str, image: np.ndarray, predi
         info.append(f'<span class="verdict {"defect" if bad else "ok"}">{"DEFECT" if bad else "OK"}</span>')
     else:
         info.append('<span class="verdict none">no verdict</span>')
+    if prediction.reasons is not None and prediction.reasons[i]:
+        info.append(f'<div class="reason muted">{esc(prediction.reasons[i])}</div>')
     if label is not None:
         wrong = ""
         if prediction.decisions is not None and bool(prediction.decisions[i]) != label:

@@ -136,18 +136,25 @@ def _score_pass(model: PaDiM, paths: list[Path], indices: list[int], folder: Pat
     if not mine:
         return
     k = 0
-    for batch, maps, scores in model.predict_batches(mine):
+    for batch, maps, scores, checks in model.scored_batches(mine):
         scores = scores.cpu().numpy()
         for j, (name, size) in enumerate(zip(batch.names, batch.original_sizes)):
             i = indices[k]
             k += 1
             amap = original_map(model.preprocess_, maps[j], size)
-            one = add_verdicts(Prediction([name], scores[j : j + 1], [amap]), calibration, image_threshold, pixel_threshold)
+            frame = {key: None if v is None else v[j : j + 1] for key, v in checks.items()}
+            one = add_verdicts(Prediction([name], scores[j : j + 1], [amap], frame_scores=frame["frame_scores"],
+                                          contrast=frame["contrast"], blank=frame["blank"]),
+                               calibration, image_threshold, pixel_threshold)
             row: dict[str, Any] = {"image": name, "score": float(one.scores[0])}
             if one.normalized_scores is not None:
                 row["normalized_score"] = float(one.normalized_scores[0])
             if one.decisions is not None:
                 row["defective"] = bool(one.decisions[0])
+            if one.frame_scores is not None:
+                row["frame_score"] = float(one.frame_scores[0])
+            if one.reasons is not None:
+                row["reason"] = one.reasons[0]
             if overlays:
                 row["overlay"] = f"overlays/{i:04d}_{Path(name).stem}.png"
             if one.masks is not None:

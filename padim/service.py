@@ -458,6 +458,8 @@ def create_app(
             "score": float(pred.scores[i]),
             "normalized_score": None if pred.normalized_scores is None else float(pred.normalized_scores[i]),
             "defective": None if pred.decisions is None else bool(pred.decisions[i]),
+            "reason": None if pred.reasons is None else pred.reasons[i],
+            "frame_score": None if pred.frame_scores is None else float(pred.frame_scores[i]),
             "image_threshold": pred.image_threshold,
             "pixel_threshold": pred.pixel_threshold,
             "map": pred.maps[i],
@@ -565,6 +567,8 @@ def create_app(
                 "score": result["score"],
                 "normalized_score": result["normalized_score"],
                 "defective": result["defective"],
+                "reason": result["reason"],  # why it is defective ('' for a pass), see padim.frame
+                "frame_score": result["frame_score"],
                 "image_threshold": result["image_threshold"],
                 "pixel_threshold": result["pixel_threshold"],
                 "threshold_source": info["threshold_source"],

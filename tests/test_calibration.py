@@ -63,11 +63,12 @@ def test_predict_gives_verdicts_masks_and_accepts_overrides(calibrated) -> None:
     model, _, test = calibrated
     pred = model.predict(test)
     t, pt = model.calibration_.image_threshold, model.calibration_.pixel_threshold
-    assert np.array_equal(pred.decisions, pred.scores > t) and pred.image_threshold == t
+    frame_fails = pred.blank | (pred.frame_scores > model.calibration_.frame_threshold)  # defective whatever the score
+    assert np.array_equal(pred.decisions, (pred.scores > t) | frame_fails) and pred.image_threshold == t
     assert np.array_equal(pred.masks, pred.maps > pt)
-    assert np.array_equal(pred.normalized_scores > 0.5, pred.decisions)
+    assert np.array_equal(pred.normalized_scores > 0.5, pred.scores > t)
     strict = model.predict(test, image_threshold=float(pred.scores.max()), pixel_threshold=1e9)
-    assert not strict.decisions.any() and not strict.masks.any()
+    assert np.array_equal(strict.decisions, frame_fails) and not strict.masks.any()
     assert strict.normalized_scores.max() == pytest.approx(0.5)
 
 

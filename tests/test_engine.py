@@ -127,6 +127,15 @@ def test_a_model_fitted_with_one_engine_predicts_with_any_other(demo_category, t
     assert b"openvino" not in meta  # the file says nothing about the engine
 
 
+@pytest.mark.parametrize("name", [e for e in ENGINES if e in ("openvino", "onnxruntime")])
+def test_transform_keeps_every_batch_with_runtimes_that_reuse_their_output_buffers(name, demo_category) -> None:
+    train = load_split(demo_category)[0][:8]
+    model = PaDiM(engine=name, n_features=16, batch_size=4).fit(train)  # two batches of the same shape
+    together = model.transform(train)
+    one_by_one = np.concatenate([model.transform([p]) for p in train])
+    assert float(np.abs(together - one_by_one).max()) <= 1e-4 * float(np.abs(one_by_one).max())
+
+
 def test_auto_prefers_openvino_on_cpu_and_torch_fast_on_gpu() -> None:
     assert resolve(AUTO, "cpu")[0] == "openvino" and default_engine("cpu") == "openvino"
     assert resolve(AUTO, "cuda") == ["torch-fast", "torch"]
