@@ -7,8 +7,10 @@ A bundle is a folder:
   matrix per axis, float32) and, with PCA, projection.npy: plain .npy, read with allow_pickle=False;
 - factor.bin: W's lower triangles packed row by row (P x d(d+1)/2, float32 or float16), bytes
   shuffled by significance and zlib-compressed (the exponent bytes compress: 0.86 of the raw size);
-- bundle.json: format version, preprocessing, shapes, thresholds, calibration, frame check (when the
-  model has one), provenance (backbone, weight checksum, library version, training images) and the
+- frame_mean.npy / frame_cholesky.npy (float64): the frame check's pooled-feature Gaussian (padim.frame),
+  when the model has one;
+- bundle.json: format version, preprocessing, shapes, thresholds, calibration, the frame check's
+  contrast floor and threshold, provenance (backbone, weight checksum, library version, training images) and the
   SHA-256 of every other file, which the runtime checks before using any of them.
 """
 
@@ -30,6 +32,7 @@ from padim import staircase
 from padim.calibration import _spread
 from padim.engine import export_graph
 from padim.errors import PadimError
+from padim.frame import ABOVE, BLANK, BLANK_CONTRAST_FRACTION, UNLIKE
 from padim.model import PaDiM
 
 BUNDLE_FORMAT = "padim-bundle"
@@ -58,6 +61,7 @@ def calibration_meta(model: PaDiM) -> dict[str, Any] | None:
     if cal is None:
         return None
     return {"fpr": cal.fpr, "source": cal.source, "image_threshold": cal.image_threshold,
+            "frame_threshold": cal.frame_threshold,
             "pixel_threshold": cal.pixel_threshold, "image_scores": [float(s) for s in cal.image_scores],
             "image_spread": _spread(cal.image_scores, cal.image_threshold),
             "pixel_spread": _spread(cal.pixel_sample, cal.pixel_threshold)}
@@ -84,12 +88,18 @@ def export_bundle(model: PaDiM, folder: str | os.PathLike, half: bool = False) -
     }
     if net.projection.numel():
         files["projection.npy"] = _npy(net.projection.cpu().numpy())
+    frame = getattr(model, "frame_", None)
+    if frame is not None:
+        files["frame_mean.npy"] = _npy(frame.mean.cpu().numpy())
+        files["frame_cholesky.npy"] = _npy(frame.cholesky.cpu().numpy())
     manifest = {
         "format": BUNDLE_FORMAT, "format_version": BUNDLE_VERSION,
         "preprocessing": model.preprocess_.to_dict(), "grid": list(net.grid), "dim": model.embedding_dim_,
         "factor": {"file": "factor.bin", "dtype": str(factor.dtype), "shape": list(factor.shape),
                    "encoding": "byte-shuffle+zlib", "layout": "W lower triangle, row-major packed"},
         "calibration": calibration_meta(model),
+        "frame": None if frame is None else {"contrast_min": frame.contrast_min,
+                                             "blank_fraction": BLANK_CONTRAST_FRACTION, "reasons": [BLANK, UNLIKE, ABOVE]},
         "provenance": {"backbone": meta["backbone"], "library_version": meta["library_version"],
                        "n_samples_seen": meta["n_samples_seen"], "created": meta["created"],
                        "eps": meta["eps"], "sigma": meta["sigma"], "seed": meta["seed"]},

@@ -48,11 +48,15 @@ def test_numpy_resize_equals_torchs_bicubic(shape: tuple[int, int], size: tuple[
 
 def test_runtime_scores_equal_the_full_package_on_real_photos(lite0: PaDiM, bundle: Path, texture_set: Path) -> None:
     _, test, _ = load_split(texture_set)
-    full = lite0.predict(test, original_size=True)
-    got = padim_runtime.load(bundle).predict(test)
+    gray = np.full((96, 96, 3), 128, np.uint8)  # a blank frame: the frame check must reject it here too
+    inputs = [*map(str, test), gray]
+    full = lite0.predict([*test, gray], original_size=True)
+    got = padim_runtime.load(bundle).predict(inputs)
     scores = np.array([r.score for r in got])
     assert np.abs(scores - full.scores).max() <= 1e-4 * np.abs(full.scores).max()
     assert [r.defective for r in got] == full.decisions.tolist()
+    assert [r.reason for r in got] == list(full.reasons) and got[-1].defective and "blank" in got[-1].reason
+    assert np.allclose([r.frame_score for r in got], full.frame_scores, rtol=1e-4)
     assert np.allclose([r.normalized_score for r in got], full.normalized_scores, atol=1e-4)
     for want, r in zip(full.maps, got):
         assert r.anomaly_map.shape == want.shape

@@ -31,6 +31,8 @@ class Bundle:
     smooth_h: np.ndarray
     smooth_w: np.ndarray
     projection: np.ndarray | None
+    frame_mean: np.ndarray | None = None  # the frame check's pooled-feature Gaussian (padim.frame)
+    frame_cholesky: np.ndarray | None = None
 
 
 def _read(folder: Path, name: str, digests: dict[str, str]) -> bytes:
@@ -84,6 +86,11 @@ def read_bundle(folder: str | Path) -> Bundle:
     bundle = Bundle(folder, manifest, _read(folder, "backbone.onnx", digests), _npy(folder, "mean.npy", digests),
                     factor, _npy(folder, "smooth_h.npy", digests), _npy(folder, "smooth_w.npy", digests),
                     _npy(folder, "projection.npy", digests) if "projection.npy" in digests else None)
+    if manifest.get("frame") is not None:
+        bundle.frame_mean = _npy(folder, "frame_mean.npy", digests)
+        bundle.frame_cholesky = _npy(folder, "frame_cholesky.npy", digests)
+        if bundle.frame_mean.shape != (2 * d,) or bundle.frame_cholesky.shape != (2 * d, 2 * d):
+            raise BundleError(f"{folder}: frame check tensors do not match d={d}")
     if bundle.mean.shape != (h * w, d) or factor.shape != (h * w, d * (d + 1) // 2):
         raise BundleError(f"{folder}: tensor shapes do not match the manifest's grid {h}x{w} and d={d}")
     if not (np.isfinite(bundle.mean).all() and np.isfinite(factor).all()):

@@ -59,7 +59,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     for inputs in args.inputs:
         for r in predictor.iter_predict(inputs, args.image_threshold):
             rows.append({"image": r.name, "score": r.score, "normalized_score": r.normalized_score,
-                         "defective": r.defective, "reason": r.reason})
+                         "defective": r.defective, "reason": r.reason, "frame_score": r.frame_score})
             if args.heatmaps:
                 maps.append((r.name, r.anomaly_map))
     if args.heatmaps and maps:

@@ -27,6 +27,7 @@ class Result:
     defective: bool | None
     reason: str
     anomaly_map: np.ndarray  # at the original size, NaN where the model did not look
+    frame_score: float | None = None  # the frame check's distance (None: the bundle has no frame check)
 
 
 def _logistic(x: float, centre: float, spread: float) -> float:
@@ -45,6 +46,8 @@ class Predictor:
         self.engine = Engine(bundle.graph, engine)
         self.scorer = Scorer(bundle.mean, bundle.factor, bundle.smooth_h, bundle.smooth_w, tuple(m["grid"]), _threads())
         self.calibration = m.get("calibration")
+        self.reasons = (m.get("frame") or {}).get("reasons") or ["blank frame (no contrast)",
+                                                                  "frame unlike any training image", REASON_SCORE]
 
     @property
     def image_threshold(self) -> float | None:
@@ -74,19 +77,36 @@ class Predictor:
             emb = self.engine(x)
             if self.bundle.projection is not None:
                 emb = np.matmul(emb, self.bundle.projection)
+            blank, unlike, frame_scores = self._frame_check(x, emb)  # before scoring centres emb in place
             maps, scores = self.scorer(emb)
-            for (name, _), rgb, amap, score in zip(batch, rgbs, maps, scores):
+            for b, ((name, _), rgb, amap, score) in enumerate(zip(batch, rgbs, maps, scores)):
                 if not np.isfinite(score):
                     raise BundleError(f"{name}: anomaly score is NaN/inf (NaN/inf features or bundle tensors)")
                 normalized = defective = None
-                reason = ""
+                above = threshold is not None and bool(score > threshold)
                 if threshold is not None:
-                    defective = bool(score > threshold)
-                    reason = REASON_SCORE if defective else ""
+                    defective = above or bool(blank[b]) or bool(unlike[b])
                     if self.calibration is not None:
                         normalized = _logistic(float(score), threshold, self._spread(threshold))
+                reason = "; ".join(r for r, hit in zip(self.reasons, (blank[b], unlike[b], above)) if hit)
                 yield Result(name, float(score), normalized, defective, reason,
-                             to_original(amap, self.spec, rgb.shape[1:]))
+                             to_original(amap, self.spec, rgb.shape[1:]),
+                             None if frame_scores is None else float(frame_scores[b]))
+
+    def _frame_check(self, x: np.ndarray, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(blank, unlike, frame scores) of a batch, as padim.frame computes them (all False without one)."""
+        n = x.shape[0]
+        frame = self.bundle.manifest.get("frame")
+        if frame is None:
+            return np.zeros(n, bool), np.zeros(n, bool), None
+        std = np.asarray(self.spec["std"], np.float64)
+        contrast = (x.reshape(n, 3, -1).std(axis=2).astype(np.float64) * std).max(axis=1)
+        blank = contrast < frame["blank_fraction"] * frame["contrast_min"]
+        summary = np.concatenate([emb.mean(axis=0, dtype=np.float64), emb.std(axis=0, dtype=np.float64)], axis=1)
+        z = np.linalg.solve(self.bundle.frame_cholesky, (summary - self.bundle.frame_mean).T)
+        scores = np.linalg.norm(z, axis=0)
+        limit = None if self.calibration is None else self.calibration.get("frame_threshold")
+        return blank, (scores > limit) if limit is not None else np.zeros(n, bool), scores
 
 
 def _items(images: Any) -> list[tuple[str, Any]]:
