@@ -176,12 +176,13 @@ def make_plan(model: "PaDiM", n_images: int, measure: bool = True) -> Plan:
     fit_peak = now + engine_bytes + scatter + means + max(block + batch_io + updating, stairs + factoring)
     predict_peak = now + engine_bytes + stairs + means + batch_io + scoring
     packed = p * d * (d + 1) // 2
+    frame = 8 * (2 * d + (2 * d) * (2 * d + 1) // 2)  # the frame check's mean and packed scatter (float64)
     weights = sum(t.numel() * t.element_size() for t in (*net.extractor.parameters(), *net.extractor.buffers()))
     smoothing = 4 * (net.smooth_h.numel() + net.smooth_w.numel())
     plan = Plan(
         n_images=n_images, positions=p, dim=d, batch_size=b, engine=_engine_name(model), now=now,
-        fit_peak=int(fit_peak), predict_peak=int(predict_peak), model_file=4 * packed + means,
-        resumable_file=12 * packed + means, export_file=weights + stairs + means + smoothing, headroom=memory_headroom(),
+        fit_peak=int(fit_peak), predict_peak=int(predict_peak), model_file=4 * packed + means + frame,
+        resumable_file=12 * packed + means + frame, export_file=weights + stairs + means + smoothing, headroom=memory_headroom(),
     )
     if measure and s_backbone is not None:
         s_update, s_score, fixed = _probe_statistics(p, d, b, min(n_fit, block // (4 * p * d)), threads)
