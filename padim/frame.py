@@ -63,8 +63,11 @@ def frame_descriptors(embedding: torch.Tensor) -> torch.Tensor:
 def frame_contrast(pixels: torch.Tensor, std: tuple[float, float, float]) -> torch.Tensor:
     """(B,) the largest per-channel pixel standard deviation of normalised (B, 3, H, W) frames, in [0, 1] units."""
     scale = torch.tensor(std, dtype=torch.float64, device=pixels.device)
-    per_channel = pixels.flatten(2).std(dim=2, correction=0).to(torch.float64)
-    return (per_channel * scale).amax(dim=1)
+    flat = pixels.flatten(2)
+    # E[x^2] - E[x]^2: normalised pixels are O(1), so float32 keeps ~1e-6 (Tensor.std took 17 ms a batch of 32)
+    mean = flat.mean(dim=2).to(torch.float64)
+    square = (torch.linalg.vector_norm(flat, dim=2).to(torch.float64) ** 2) / flat.shape[2]
+    return ((square - mean**2).clamp_min_(0).sqrt() * scale).amax(dim=1)
 
 
 @dataclass
