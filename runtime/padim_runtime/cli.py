@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--heatmaps", action="store_true", help="also write heat-map PNGs")
     predict.add_argument("--image-threshold", type=float, help="override the calibrated image threshold")
     predict.add_argument("--engine", choices=["auto", "openvino", "onnxruntime"], default="auto")
-    predict.add_argument("--batch-size", type=int, default=8)
+    predict.add_argument("--batch-size", type=int, default=32)
     return parser
 
 

@@ -39,7 +39,7 @@ def _logistic(x: float, centre: float, spread: float) -> float:
 class Predictor:
     """A loaded bundle: `predict` scores images with the same answers as the full package."""
 
-    def __init__(self, bundle: Bundle, engine: str = "auto", batch_size: int = 8) -> None:
+    def __init__(self, bundle: Bundle, engine: str = "auto", batch_size: int = 32) -> None:
         self.bundle, self.batch_size = bundle, batch_size
         m = bundle.manifest
         self.spec = m["preprocessing"]
@@ -72,8 +72,9 @@ class Predictor:
         items = _items(images)
         for start in range(0, len(items), self.batch_size):
             batch = items[start : start + self.batch_size]
-            rgbs = [decode(src, name) for name, src in batch]
-            x = np.stack([preprocess(rgb, self.spec) for rgb in rgbs])
+            # decoding (Pillow) and resizing (numpy matrix products) release the GIL: one thread per CPU
+            rgbs = list(self.scorer.pool.map(lambda item: decode(item[1], item[0]), batch))
+            x = np.stack(list(self.scorer.pool.map(lambda rgb: preprocess(rgb, self.spec), rgbs)))
             emb = self.engine(x)
             if self.bundle.projection is not None:
                 emb = np.matmul(emb, self.bundle.projection)
@@ -100,9 +101,16 @@ class Predictor:
         if frame is None:
             return np.zeros(n, bool), np.zeros(n, bool), None
         std = np.asarray(self.spec["std"], np.float64)
-        contrast = (x.reshape(n, 3, -1).std(axis=2).astype(np.float64) * std).max(axis=1)
+        flat = x.reshape(n, 3, -1)  # the same formulas as padim.frame (E[x^2] - E[x]^2; ones-vector products)
+        square = np.einsum("bcp,bcp->bc", flat, flat).astype(np.float64) / flat.shape[2]
+        contrast = (np.sqrt(np.maximum(square - flat.mean(axis=2).astype(np.float64) ** 2, 0)) * std).max(axis=1)
         blank = contrast < frame["blank_fraction"] * frame["contrast_min"]
-        summary = np.concatenate([emb.mean(axis=0, dtype=np.float64), emb.std(axis=0, dtype=np.float64)], axis=1)
+        p, b, d = emb.shape
+        rows = emb.reshape(p, b * d)
+        ones = np.ones((1, p), emb.dtype)
+        mean = (ones @ rows) / p
+        var = (ones @ np.square(rows - mean)) / p
+        summary = np.concatenate([mean.reshape(b, d), np.sqrt(var).reshape(b, d)], axis=1).astype(np.float64)
         z = np.linalg.solve(self.bundle.frame_cholesky, (summary - self.bundle.frame_mean).T)
         scores = np.linalg.norm(z, axis=0)
         limit = None if self.calibration is None else self.calibration.get("frame_threshold")
@@ -123,6 +131,6 @@ def _items(images: Any) -> list[tuple[str, Any]]:
     return [(describe(src) if not isinstance(src, np.ndarray) else f"array[{i}]", src) for i, src in enumerate(images)]
 
 
-def load(folder: str | os.PathLike, engine: str = "auto", batch_size: int = 8) -> Predictor:
+def load(folder: str | os.PathLike, engine: str = "auto", batch_size: int = 32) -> Predictor:
     """A predictor for a bundle folder (checked file by file)."""
     return Predictor(read_bundle(folder), engine, batch_size)
