@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 
 from padim import staircase
-from padim.calibration import _spread
 from padim.engine import export_graph
 from padim.errors import PadimError
 from padim.frame import ABOVE, BLANK, BLANK_CONTRAST_FRACTION, UNLIKE
@@ -62,9 +61,7 @@ def calibration_meta(model: PaDiM) -> dict[str, Any] | None:
         return None
     return {"fpr": cal.fpr, "source": cal.source, "image_threshold": cal.image_threshold,
             "frame_threshold": cal.frame_threshold,
-            "pixel_threshold": cal.pixel_threshold, "image_scores": [float(s) for s in cal.image_scores],
-            "image_spread": _spread(cal.image_scores, cal.image_threshold),
-            "pixel_spread": _spread(cal.pixel_sample, cal.pixel_threshold)}
+            "pixel_threshold": cal.pixel_threshold, "image_scores": [float(s) for s in cal.image_scores]}
 
 
 def export_bundle(model: PaDiM, folder: str | os.PathLike, half: bool = False) -> Path:

@@ -291,23 +291,16 @@ def cmd_fit(args: argparse.Namespace) -> None:
 def preset_sizes(args: argparse.Namespace) -> tuple[Any, Any]:
     """(image size, crop size) of the preset, explicit --image-size / --crop-size taking precedence.
 
-    full-frame reads the first training image's header (not its pixels) for the frame's aspect ratio.
+    full-frame reads the first training image's header (not its pixels) for the upright frame's aspect ratio.
     """
     if args.preset == "paper":
         return args.image_size or paper.MVTEC_RESIZE, args.crop_size
     if args.image_size is not None:
         return args.image_size, None
-    from PIL import Image
-
     from padim.data import as_items, full_frame_size
+    from padim.datasets import image_shape
 
-    first = as_items(args.train_dir)[0].source
-    try:
-        with Image.open(first) as im:
-            width, height = im.size
-    except (OSError, ValueError) as exc:
-        raise PadimError(f"{first}: cannot read the image header for --preset full-frame ({exc})") from None
-    return full_frame_size(height, width), None
+    return full_frame_size(*image_shape(as_items(args.train_dir)[0].source)), None
 
 
 def _as_options(call: Any) -> Any:

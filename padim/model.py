@@ -19,7 +19,7 @@ from padim import paper, staircase
 from padim.calibration import DEFAULT_FPR, Calibration, PadimWarning
 from padim.backbone import DEFAULT_BACKBONE, RANDOM, Backbone, build_backbone, spec_for
 from padim.cpus import available_cpus
-from padim.data import (DEFAULT_MAX_PIXELS, Batch, Preprocess, as_items, as_size, check_finite, check_max_pixels,
+from padim.data import (DEFAULT_MAX_PIXELS, Batch, Preprocess, as_items, as_size, check_finite,
                         iter_batches, n_batches)
 from padim.embedding import positions_to_maps, random_channels, split_by_tap
 from padim.constraints import (FILE_CONSTRAINTS, PARAMETER_CONSTRAINTS, check_memory, check_params, check_threshold,
@@ -252,7 +252,6 @@ class PaDiM:
         check_params({name: getattr(self, name) for name in PARAMETER_CONSTRAINTS})
         self.preprocess_  # noqa: B018 - crop within the image
         resolve(self.engine, self.device)
-        check_max_pixels(self.max_pixels)
         check_device(self.device)
 
     def _init_network(self) -> None:

@@ -69,6 +69,7 @@ class Predictor:
         if image_threshold is not None and not np.isfinite(image_threshold):
             raise BundleError(f"image threshold must be a finite number, got {image_threshold!r}")
         threshold = self.image_threshold if image_threshold is None else float(image_threshold)
+        spread = None if threshold is None or self.calibration is None else self._spread(threshold)
         items = _items(images)
         for start in range(0, len(items), self.batch_size):
             batch = items[start : start + self.batch_size]
@@ -87,8 +88,8 @@ class Predictor:
                 above = threshold is not None and bool(score > threshold)
                 if threshold is not None:
                     defective = above or bool(blank[b]) or bool(unlike[b])
-                    if self.calibration is not None:
-                        normalized = _logistic(float(score), threshold, self._spread(threshold))
+                    if spread is not None:
+                        normalized = _logistic(float(score), threshold, spread)
                 reason = "; ".join(r for r, hit in zip(self.reasons, (blank[b], unlike[b], above)) if hit)
                 yield Result(name, float(score), normalized, defective, reason,
                              to_original(amap, self.spec, rgb.shape[1:]),
