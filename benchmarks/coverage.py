@@ -3,7 +3,7 @@
     python benchmarks/coverage.py                 # demo textures, defects anywhere and defects at the border
     python benchmarks/coverage.py --textures brick --n-train 30
 
-Sets: padim.synthetic's miniature MVTec layouts from scikit-image's real texture photos (192 px crops),
+Sets: padim.evaluation.synthetic's miniature MVTec layouts from scikit-image's real texture photos (192 px crops),
 once with defects anywhere (the demo's) and once with every defect centred in the outer band the paper's
 crop never sees (`defects_at="border"`). Model: efficientnet_lite0 with its real ImageNet weights.
 Metrics are computed at the ORIGINAL image size against the original masks: pixels the model did not
@@ -24,8 +24,8 @@ from PIL import Image
 
 from padim import PaDiM
 from padim.data import full_frame_size
-from padim.metrics import au_pro, image_auroc, pixel_auroc
-from padim.synthetic import TEXTURES, load_split, make_inspection_set
+from padim.evaluation.metrics import au_pro, image_auroc, pixel_auroc
+from padim.evaluation.synthetic import TEXTURES, load_split, make_inspection_set
 
 HERE = Path(__file__).resolve().parent
 

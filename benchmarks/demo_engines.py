@@ -2,7 +2,7 @@
 
     python benchmarks/demo_engines.py --before /tmp/padim-before
 
-Each run is `padim.demo.run_demo` (brick, grass, gravel; 60 good training crops, 20 good + 40 defective
+Each run is `padim.evaluation.demo.run_demo` (brick, grass, gravel; 60 good training crops, 20 good + 40 defective
 test images each, Lite0 with its real weights) in its own process, with PaDiM's engine set through
 padim.model.PaDiM's default; "before" runs the same function from the checkout given. Prints every
 figure and the largest difference to "before", and writes results/demo_engines.json.
@@ -26,14 +26,14 @@ def worker(engine: str | None) -> list[dict]:
     """Run the demo in this process (engine None: whatever PaDiM does by default in this checkout)."""
     import functools
 
-    import padim.demo
+    import padim.evaluation.demo
     from padim.model import PaDiM
 
     if engine is not None:
-        padim.demo.PaDiM = functools.partial(PaDiM, engine=engine)  # type: ignore[attr-defined]
+        padim.evaluation.demo.PaDiM = functools.partial(PaDiM, engine=engine)  # type: ignore[attr-defined]
     with tempfile.TemporaryDirectory() as tmp:
         return [{"texture": r.texture, "image_auroc": r.image_auroc, "pixel_auroc": r.pixel_auroc}
-                for r in padim.demo.run_demo(tmp)]
+                for r in padim.evaluation.demo.run_demo(tmp)]
 
 
 def main() -> None:

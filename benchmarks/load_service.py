@@ -43,7 +43,7 @@ def rss_mib(pid: int, field: str = "VmRSS") -> float:
 def demo_model(folder: Path, tiny: bool) -> tuple[Path, list[Path]]:
     """Fit a small calibrated model on brick textures; return it with the test images to send."""
     from padim import PaDiM
-    from padim.synthetic import make_inspection_set
+    from padim.evaluation.synthetic import make_inspection_set
 
     root = make_inspection_set(folder, "brick", n_train=40, n_test_good=10, n_test_defect=20, size=192, seed=0)
     if tiny:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from padim.errors import PadimError
+from padim.errors import PadimError, PadimWarning
 
 DEFAULT_FPR = 0.01
 MAX_PIXEL_SAMPLE = 200_000
@@ -21,10 +21,6 @@ MAX_PIXEL_SAMPLE = 200_000
 # 128 px and 1.50-1.79x at the default 256/224; the closest foreign texture started at 2.39x (gravel
 # frames for a grass model, which its anomaly score passes), blank frames at 7.5x. 2 sits between.
 FRAME_MARGIN = 2.0
-
-
-class PadimWarning(UserWarning):
-    """A result is usable but weaker than asked for (e.g. a threshold from too few images)."""
 
 
 def threshold_at_fpr(sorted_scores: np.ndarray, fpr: float) -> float:

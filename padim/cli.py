@@ -97,7 +97,7 @@ def engine_here(device: str = "cpu") -> str:
     """What engine='auto' picks on this machine, with its version and thread count (nothing is built)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from padim.cpus import available_cpus
+    from padim.utils.cpus import available_cpus
     from padim.engine import default_engine
 
     name = default_engine(device)
@@ -249,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_fit(args: argparse.Namespace) -> None:
     """padim fit."""
-    from padim.atomic import check_writable
+    from padim.utils.atomic import check_writable
     from padim.model import PaDiM
 
     if args.output is None and not args.plan:
@@ -298,14 +298,14 @@ def preset_sizes(args: argparse.Namespace) -> tuple[Any, Any]:
     if args.image_size is not None:
         return args.image_size, None
     from padim.data import as_items, full_frame_size
-    from padim.datasets import image_shape
+    from padim.evaluation.datasets import image_shape
 
     return full_frame_size(*image_shape(as_items(args.train_dir)[0].source)), None
 
 
 def _as_options(call: Any) -> Any:
     """call(), with parameter errors naming the command-line option (--image-size) instead of image_size."""
-    from padim.constraints import PARAMETER_CONSTRAINTS
+    from padim.utils.constraints import PARAMETER_CONSTRAINTS
 
     try:
         return call()
@@ -318,8 +318,8 @@ def _as_options(call: Any) -> Any:
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
     """padim calibrate."""
-    from padim.atomic import check_writable
-    from padim.constraints import PARAMETER_CONSTRAINTS, check_value
+    from padim.utils.atomic import check_writable
+    from padim.utils.constraints import PARAMETER_CONSTRAINTS, check_value
     from padim.model import PaDiM
 
     check_value("--fpr", args.fpr, PARAMETER_CONSTRAINTS["fpr"])
@@ -349,7 +349,7 @@ def _expand_inputs(inputs: list[str]) -> list[Path]:
 
 def _write_text(path: Path, text: str) -> None:
     """Write a text file atomically."""
-    from padim.atomic import atomic_write
+    from padim.utils.atomic import atomic_write
 
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
@@ -357,7 +357,7 @@ def _write_text(path: Path, text: str) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     """padim predict (under torchrun with --distributed: each process scores its shard, rank 0 writes the tables)."""
     from padim.model import PaDiM
-    from padim.results import write_results
+    from padim.reporting.results import write_results
 
     if args.distributed and args.report:
         raise PadimError("--report needs every heat map in one process: run it without --distributed")
@@ -383,7 +383,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     """padim report."""
     from padim.model import PaDiM
-    from padim.report import report_from_files
+    from padim.reporting.report import report_from_files
 
     _check_thresholds(args)
     model = PaDiM.load(args.model, weights=args.weights, device=args.device, engine=args.engine, threads=args.threads,
@@ -395,7 +395,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 def _check_thresholds(args: argparse.Namespace) -> None:
     """Refuse NaN, infinite or negative --image-threshold / --pixel-threshold before any image is scored."""
-    from padim.constraints import check_threshold
+    from padim.utils.constraints import check_threshold
 
     check_threshold("--image-threshold", args.image_threshold)
     check_threshold("--pixel-threshold", args.pixel_threshold)
@@ -469,7 +469,7 @@ def _frame_line(meta: dict[str, Any]) -> str:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     """padim demo."""
-    from padim.demo import HEADER, format_row, run_demo
+    from padim.evaluation.demo import HEADER, format_row, run_demo
 
     t0 = time.perf_counter()
     print("padim demo: efficientnet_lite0 with real ImageNet weights (offline), 3 texture photos from "
@@ -499,8 +499,8 @@ def _save_report(folder: str, stem: str, data: Any, markdown: str) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     """padim evaluate."""
-    from padim.benchmark import evaluate
-    from padim.datasets import mvtec_category, stc
+    from padim.evaluation.paper_tables import evaluate
+    from padim.evaluation.datasets import mvtec_category, stc
     from padim.model import PaDiM
 
     model = PaDiM.load(args.model, weights=args.weights, device=args.device, engine=args.engine, threads=args.threads,
@@ -521,9 +521,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_benchmark(args: argparse.Namespace) -> None:
     """padim benchmark."""
-    from padim.benchmark import (CONFIGS, Options, combined_table, config_for, markdown_table, paper_table, results_json,
+    from padim.evaluation.paper_tables import (CONFIGS, Options, combined_table, config_for, markdown_table, paper_table, results_json,
                                  run_benchmark)
-    from padim.datasets import mvtec, stc
+    from padim.evaluation.datasets import mvtec, stc
 
     configs = [config_for(args.config) if m == "padim" else CONFIGS[m] for m in args.method]
     options = Options(device=args.device, batch_size=args.batch_size, seeds=args.seeds, non_aligned=args.non_aligned,
@@ -565,7 +565,7 @@ def _print_progress(result: Any) -> None:
 
 def _methods(text: str) -> tuple[str, ...]:
     """Parse --method: known names, comma-separated, each once."""
-    from padim.benchmark import METHODS
+    from padim.evaluation.paper_tables import METHODS
 
     names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
     unknown = [n for n in names if n not in METHODS]
@@ -577,7 +577,7 @@ def _methods(text: str) -> tuple[str, ...]:
 def cmd_serve(args: argparse.Namespace) -> None:
     """padim serve: FastAPI + uvicorn until Ctrl-C."""
     try:
-        from padim.service import serve
+        from padim.deployment.service import serve
     except ImportError as exc:
         raise PadimError(str(exc)) from None
     from padim.model import PaDiM
@@ -599,16 +599,16 @@ COMMANDS = {"fit": cmd_fit, "predict": cmd_predict, "calibrate": cmd_calibrate, 
 
 def cmd_export(args: argparse.Namespace) -> None:
     """padim export: ONNX graph + metadata, then a check against PyTorch on a random batch."""
-    from padim.export import export_onnx, external_data_path, read_metadata, sidecar_path, verify_onnx
+    from padim.deployment.export import export_onnx, external_data_path, read_metadata, sidecar_path, verify_onnx
     from padim.model import PaDiM
 
-    from padim.atomic import check_writable
+    from padim.utils.atomic import check_writable
 
     out = Path(args.output)
     check_writable(out)
     model = PaDiM.load(args.model, weights=args.weights)
     if out.suffix.lower() != ".onnx":
-        from padim.bundle import bundle_size, export_bundle
+        from padim.deployment.bundle import bundle_size, export_bundle
 
         export_bundle(model, out, half=args.half)
         print(f"exported {args.model} -> bundle {out}/ ({bundle_size(out) / 1e6:.1f} MB"

@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from padim.backbone import FeatureExtractor
-from padim.calibration import PadimWarning
-from padim.cpus import available_cpus, configure_torch_threads
+from padim.errors import PadimWarning
+from padim.utils.cpus import available_cpus, configure_torch_threads
 from padim.embedding import embed_positions
 from padim.errors import PadimError
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from padim import staircase
-from padim.cpus import run_slices
+from padim.utils.cpus import run_slices
 from padim.errors import PadimError
 
 STATS_DTYPE = torch.float64

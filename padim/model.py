@@ -16,13 +16,14 @@ import torch
 from torch import nn
 
 from padim import paper, staircase
-from padim.calibration import DEFAULT_FPR, Calibration, PadimWarning
+from padim.calibration import DEFAULT_FPR, Calibration
+from padim.errors import PadimWarning
 from padim.backbone import DEFAULT_BACKBONE, RANDOM, Backbone, build_backbone, spec_for
-from padim.cpus import available_cpus
+from padim.utils.cpus import available_cpus
 from padim.data import (DEFAULT_MAX_PIXELS, Batch, Preprocess, as_items, as_size, check_finite,
                         iter_batches, n_batches)
 from padim.embedding import positions_to_maps, random_channels, split_by_tap
-from padim.constraints import (FILE_CONSTRAINTS, PARAMETER_CONSTRAINTS, check_memory, check_params, check_threshold,
+from padim.utils.constraints import (FILE_CONSTRAINTS, PARAMETER_CONSTRAINTS, check_memory, check_params, check_threshold,
                                check_value)
 from padim.engine import AUTO, Engine, TapEmbedding, build_engine, check_device, resolve
 from padim.errors import PadimError
@@ -248,7 +249,7 @@ class PaDiM:
         return Preprocess(as_size(self.image_size), as_size(self.crop_size))  # type: ignore[arg-type]
 
     def _check_params(self) -> None:
-        """Reject parameter values that cannot work, before any image is read (see padim.constraints)."""
+        """Reject parameter values that cannot work, before any image is read (see padim.utils.constraints)."""
         check_params({name: getattr(self, name) for name in PARAMETER_CONSTRAINTS})
         self.preprocess_  # noqa: B018 - crop within the image
         resolve(self.engine, self.device)

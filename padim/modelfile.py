@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from padim.atomic import atomic_write
+from padim.utils.atomic import atomic_write
 from padim.errors import PadimError
 
 FORMAT = "torch-padim"
@@ -106,7 +106,7 @@ def read_model(path: str | os.PathLike, kind: FileKind = MODEL) -> tuple[dict[st
 
 def check_checksum(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any], kind: FileKind) -> None:
     """Refuse tensor data that does not match the stored checksum; warn for files older than checksums."""
-    from padim.calibration import PadimWarning
+    from padim.errors import PadimWarning
 
     stored = meta.get(CHECKSUM_KEY)
     if stored is None:

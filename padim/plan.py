@@ -194,7 +194,7 @@ def make_plan(model: "PaDiM", n_images: int, measure: bool = True) -> Plan:
 
 def _threads() -> int:
     """CPU threads the scoring slices use."""
-    from padim.cpus import available_cpus
+    from padim.utils.cpus import available_cpus
 
     return available_cpus()
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from padim import paper, staircase
-from padim.cpus import run_slices
+from padim.utils.cpus import run_slices
 from padim.staircase import whitened_sq_norms
 
 _CHUNK_BYTES = 1 << 23  # about 8 MB of float32 products per slice of positions
@@ -33,7 +33,7 @@ def patch_distances(embedding: torch.Tensor, stairs: list[torch.Tensor], mean_hi
 
     With mean_hi/mean_lo (split_mean) the embeddings are centred first, in place. Row b of x_p U is
     (W_p x_pb)^T (precision = W^T W), so batched products give every patch's whitened vector; its
-    norm is the distance. Slices of positions run in parallel on the CPU (padim.cpus.parallel_slices).
+    norm is the distance. Slices of positions run in parallel on the CPU (padim.utils.cpus.parallel_slices).
     """
     p, b, d = embedding.shape
     if torch.jit.is_tracing():  # no slice loop: a traced loop would bake the trace's batch into the graph

@@ -5,8 +5,8 @@ import sys
 from pathlib import Path
 
 from padim import PaDiM
-from padim.bundle import export_bundle
-from padim.synthetic import load_split, make_inspection_set
+from padim.deployment.bundle import export_bundle
+from padim.evaluation.synthetic import load_split, make_inspection_set
 
 out = Path(sys.argv[1])
 category = make_inspection_set(out / "data", "brick", n_train=24, n_test_good=4, n_test_defect=8, size=128, seed=3)

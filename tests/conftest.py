@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from padim.synthetic import make_inspection_set
+from padim.evaluation.synthetic import make_inspection_set
 
 torch.set_num_threads(2)  # the LU pitfall this project avoids shows with more than one thread
 

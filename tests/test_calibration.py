@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from padim import PaDiM, PadimError
-from padim.calibration import Calibration, PadimWarning, threshold_at_fpr
-from padim.synthetic import load_split
+from padim.calibration import Calibration, threshold_at_fpr
+from padim.errors import PadimWarning
+from padim.evaluation.synthetic import load_split
 
 from conftest import TINY
 

@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 
 from padim import PaDiM
-from padim.calibration import PadimWarning
+from padim.errors import PadimWarning
 from padim.cli import main
-from padim.synthetic import load_split
+from padim.evaluation.synthetic import load_split
 
 from conftest import TINY
 from test_cli import TINY_ARGS, expect_error, padim_script, rewrite_model

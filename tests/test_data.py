@@ -23,7 +23,7 @@ from padim.data import (
     pil_to_tensor,
     read_image,
 )
-from padim.datasets import image_shape
+from padim.evaluation.datasets import image_shape
 from padim.errors import ImageTooLarge, PadimError
 
 MEAN = torch.tensor(paper.IMAGENET_MEAN).view(3, 1, 1)

@@ -13,15 +13,15 @@ from torch import nn
 
 from padim import PaDiM
 from padim.backbone import build_backbone
-from padim.calibration import PadimWarning
+from padim.errors import PadimWarning
 from padim.data import Preprocess, pil_to_tensor
 from padim.embedding import embed, split_by_tap
 from padim.engine import (AUTO, ENGINES, EXACTNESS, TapEmbedding, build_engine, default_engine, optimised,
                           resolve, same_padding)
 from padim.errors import PadimError
-from padim.metrics import image_auroc, pixel_auroc
+from padim.evaluation.metrics import image_auroc, pixel_auroc
 from padim.scoring import anomaly_maps
-from padim.synthetic import load_split, make_inspection_set
+from padim.evaluation.synthetic import load_split, make_inspection_set
 
 SIZE = (224, 224)
 

@@ -14,12 +14,12 @@ import torch
 from PIL import Image
 
 from padim import PaDiM, PadimError
-from padim.calibration import PadimWarning
+from padim.errors import PadimWarning
 from padim.cli import main
 from padim.frame import BLANK, UNLIKE, FrameStats, oas_weight, shrunk_covariance
 from padim.gaussian import GaussianStats
 from padim.modelfile import CHECKSUM_KEY, read_model, tensor_sha256
-from padim.synthetic import load_split, make_inspection_set
+from padim.evaluation.synthetic import load_split, make_inspection_set
 
 from conftest import TINY
 
@@ -288,7 +288,7 @@ def test_scores_table_and_service_report_the_reason(fitted, texture_set: Path, t
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
 
-    from padim.service import create_app
+    from padim.deployment.service import create_app
 
     with TestClient(create_app(fitted)) as client:
         body = client.post("/predict", files={"file": ("gray.png", gray.read_bytes(), "image/png")}).json()

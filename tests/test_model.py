@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from padim import PaDiM, PadimError
-from padim.synthetic import load_split
+from padim.evaluation.synthetic import load_split
 
 from conftest import TINY
 

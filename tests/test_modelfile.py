@@ -18,7 +18,7 @@ from padim.backbone import build_backbone
 from padim.embedding import embed, random_channels, split_by_tap
 from padim.gaussian import pack_lower, symmetric_from_lower, unpack_lower
 from padim.modelfile import CHECKSUM_KEY, FORMAT_VERSION, read_model, tensor_sha256
-from padim.synthetic import load_split
+from padim.evaluation.synthetic import load_split
 
 from conftest import TINY
 

@@ -10,7 +10,7 @@ from scipy import ndimage
 
 from padim import PaDiM
 from padim.gaussian import GaussianStats, precision_cholesky
-from padim.synthetic import load_split
+from padim.evaluation.synthetic import load_split
 from padim.scoring import gaussian_blur, image_scores, mahalanobis
 
 from conftest import TINY

@@ -36,7 +36,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from padim import PaDiM  # noqa: E402
 from padim.cli import build_parser, main  # noqa: E402
 from padim.errors import PadimError  # noqa: E402
-from padim.service import VERDICT_COLOURS, Batcher, create_app, running_in_thread  # noqa: E402
+from padim.deployment.service import VERDICT_COLOURS, Batcher, create_app, running_in_thread  # noqa: E402
 
 from conftest import TINY  # noqa: E402
 
@@ -528,10 +528,10 @@ def test_serve_options(tmp_path: Path, model: PaDiM, monkeypatch) -> None:
             build_parser().parse_args(["serve", "m.safetensors", option, bad])
         assert exit_info.value.code == 2
 
-    import padim.service
+    import padim.deployment.service
 
     seen: dict = {}
-    monkeypatch.setattr(padim.service, "serve", lambda model, **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(padim.deployment.service, "serve", lambda model, **kwargs: seen.update(kwargs))
     path = tmp_path / "m.safetensors"
     model.save(path)
     assert main(["serve", str(path), "--body-timeout", "2.5", "--max-uploads-per-client", "3", "--api-docs"]) == 0

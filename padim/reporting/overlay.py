@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from padim.atomic import atomic_write
+from padim.utils.atomic import atomic_write
 from padim.errors import PadimError
 
 MASK_COLOUR = (0, 255, 0)

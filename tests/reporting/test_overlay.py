@@ -10,7 +10,7 @@ import pytest
 from padim.errors import PadimError
 from PIL import Image
 
-from padim.overlay import contour, heatmap_overlay, save_png, side_by_side
+from padim.reporting.overlay import contour, heatmap_overlay, save_png, side_by_side
 
 GREEN = (0, 255, 0)
 RED = (255, 0, 0)
@@ -133,7 +133,7 @@ def test_save_png_interrupted_write_keeps_old_file(tmp_path: Path, monkeypatch: 
     def fail(*args: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr("padim.atomic.os.replace", fail)
+    monkeypatch.setattr("padim.utils.atomic.os.replace", fail)
     with pytest.raises(PadimError, match="disk full"):
         save_png(target, np.zeros((40, 50, 3), dtype=np.uint8))
     assert np.array_equal(np.asarray(Image.open(target)), gray_image())

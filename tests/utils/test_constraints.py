@@ -13,11 +13,12 @@ import torch
 from safetensors.torch import save_file
 
 from padim import PaDiM, PadimError
-from padim.calibration import Calibration, PadimWarning
-from padim.constraints import PARAMETER_CONSTRAINTS, check_params
+from padim.calibration import Calibration
+from padim.errors import PadimWarning
+from padim.utils.constraints import PARAMETER_CONSTRAINTS, check_params
 from padim.model import Prediction, add_verdicts
 from padim.modelfile import CHECKSUM_KEY, read_model, tensor_sha256
-from padim.synthetic import load_split
+from padim.evaluation.synthetic import load_split
 
 from conftest import TINY
 
@@ -111,9 +112,9 @@ def test_cuda_without_a_gpu_is_one_line() -> None:
 
 
 def test_gaussians_larger_than_the_machine_are_refused_before_allocating(monkeypatch: pytest.MonkeyPatch) -> None:
-    import padim.constraints
+    import padim.utils.constraints
 
-    monkeypatch.setattr(padim.constraints, "physical_memory", lambda: 2**20)  # a 1 MiB machine
+    monkeypatch.setattr(padim.utils.constraints, "physical_memory", lambda: 2**20)  # a 1 MiB machine
     one_line_refusal(lambda: PaDiM(**TINY).fit(NOWHERE), "GiB", "64x64", "32 features")
 
 
@@ -267,7 +268,7 @@ def test_half_precision_save_refuses_factors_beyond_float16(saved: Path, tmp_pat
 
 
 def test_exported_metadata_with_a_nan_threshold_is_refused() -> None:
-    from padim.export import _parse_metadata
+    from padim.deployment.export import _parse_metadata
 
     meta = {"preprocessing": {"image_size": [64, 64], "crop_size": None, "mean": [0.5] * 3, "std": [0.2] * 3},
             "calibration": {"image_threshold": float("nan"), "pixel_threshold": 1.0, "image_scores": [1.0]}}
@@ -281,7 +282,7 @@ def test_the_service_answers_a_nan_score_with_an_error_not_a_verdict(saved: Path
     pytest.importorskip("httpx")
     from fastapi.testclient import TestClient
 
-    from padim.service import create_app
+    from padim.deployment.service import create_app
 
     broken = nan_model(saved, position=0)
     with TestClient(create_app(broken, max_upload_bytes=200_000, max_pixels=100_000)) as client:

@@ -21,7 +21,7 @@ from padim import PaDiM, PadimError  # noqa: E402
 from padim.calibration import Calibration  # noqa: E402
 from padim.cli import main  # noqa: E402
 from padim.data import as_items, iter_batches  # noqa: E402
-from padim.export import OnnxPredictor, export_onnx, read_metadata  # noqa: E402
+from padim.deployment.export import OnnxPredictor, export_onnx, read_metadata  # noqa: E402
 
 from conftest import TINY  # noqa: E402
 

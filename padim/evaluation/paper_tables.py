@@ -16,9 +16,9 @@ import torch
 
 from padim import paper
 from padim.data import read_image
-from padim.datasets import MVTEC_TEXTURES, Split, nonaligned, transform_masks
+from padim.evaluation.datasets import MVTEC_TEXTURES, Split, nonaligned, transform_masks
 from padim.errors import PadimError
-from padim.metrics import au_pro, image_auroc, pixel_auroc
+from padim.evaluation.metrics import au_pro, image_auroc, pixel_auroc
 from padim.model import PaDiM
 from padim.plan import peak_rss_mb, reset_peak_rss  # noqa: F401 - measured here, and by benchmarks/
 
@@ -61,8 +61,8 @@ METHODS = ("padim", "spade", "vae")
 
 
 def paper_results() -> dict[str, Any]:
-    """The paper's published numbers (padim/paper_results.json)."""
-    return json.loads(resources.files("padim").joinpath("paper_results.json").read_text())
+    """The paper's published numbers (padim/evaluation/paper_results.json)."""
+    return json.loads(resources.files("padim.evaluation").joinpath("paper_results.json").read_text())
 
 
 def paper_row(config: Config, table: str | None = None) -> tuple[str | None, dict[str, list]]:
@@ -142,7 +142,7 @@ def _models(config: Config, options: Options, seed: int, tag: str = "") -> list[
         size, crop = paper.MVTEC_CROP, None
     common = dict(device=options.device, weights=options.weights, seed=seed, verbose=options.verbose)
     if config.method == "spade":
-        from padim.spade import Spade
+        from padim.baselines.spade import Spade
 
         return [Spade(backbone=config.backbone, image_size=size, crop_size=crop, batch_size=options.batch_size, **common)]
     if config.method == "vae":
@@ -155,7 +155,7 @@ def _models(config: Config, options: Options, seed: int, tag: str = "") -> list[
 
 def _vae(options: Options, tag: str, seed: int, common: dict[str, Any]) -> Any:
     """The paper's VAE baseline with the benchmark's training budget and checkpoint file."""
-    from padim.vae import VAE
+    from padim.baselines.vae import VAE
 
     if options.non_aligned:
         raise PadimError("the non-aligned protocol (Section V-C) is defined for PaDiM and SPADE, not for the VAE")

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from padim import distributed
-from padim.atomic import atomic_write
+from padim.utils.atomic import atomic_write
 from padim.data import DEFAULT_MAX_PIXELS, Size, read_image
 from padim.errors import PadimError
 from padim.model import PaDiM, Prediction, add_verdicts
@@ -54,7 +54,7 @@ def _write_text(path: Path, text: str) -> None:
 
 def _save_mask(path: Path, mask: np.ndarray) -> None:
     """A boolean mask as a black-and-white PNG."""
-    from padim.overlay import save_png
+    from padim.reporting.overlay import save_png
 
     save_png(path, np.repeat(mask[:, :, None].astype(np.uint8) * 255, 3, axis=2))
 
@@ -168,7 +168,7 @@ def _score_pass(model: PaDiM, paths: list[Path], indices: list[int], folder: Pat
 def _draw_overlays(model: PaDiM, rows: list[dict[str, Any]], sizes: list[Size], grid_maps: np.ndarray,
                    folder: Path, vmin: float, vmax: float, pixel_threshold: float | None) -> None:
     """Second pass: re-read each image and save its heat-map overlay on the shared colour scale."""
-    from padim.overlay import heatmap_overlay, save_png, side_by_side
+    from padim.reporting.overlay import heatmap_overlay, save_png, side_by_side
 
     images = Images([row["image"] for row in rows], model)
     for k, row in enumerate(rows):
@@ -252,7 +252,7 @@ def _write_tables(out: Path, rows: list[dict[str, Any]], model: PaDiM, model_nam
 def _write_report(path: Path, model: PaDiM, rows: list[dict[str, Any]], sizes: list[Size], grid_maps: np.ndarray,
                   image_threshold: float | None, pixel_threshold: float | None) -> None:
     """report.html from the rows and the spilled maps: images read one at a time, maps resized when drawn."""
-    from padim.report import given_note, write_report
+    from padim.reporting.report import given_note, write_report
 
     names = [row["image"] for row in rows]
     scores = np.array([row["score"] for row in rows], dtype=np.float32)

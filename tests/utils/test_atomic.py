@@ -8,12 +8,12 @@ import sys
 import time
 from pathlib import Path
 
-from padim import atomic
-from padim.atomic import TEMP_NAME, atomic_write, remove_stale_temporaries
+from padim.utils import atomic
+from padim.utils.atomic import TEMP_NAME, atomic_write, remove_stale_temporaries
 
 KILLED_WRITER = """
 import os, signal, sys
-from padim.atomic import atomic_write
+from padim.utils.atomic import atomic_write
 
 def write(tmp):
     with open(tmp, "wb") as f:

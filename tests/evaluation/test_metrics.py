@@ -9,7 +9,7 @@ import pytest
 from scipy import ndimage
 
 from padim.errors import PadimError
-from padim.metrics import area_up_to, au_pro, image_auroc, pixel_auroc, pro_curve
+from padim.evaluation.metrics import area_up_to, au_pro, image_auroc, pixel_auroc, pro_curve
 
 
 def brute_force_au_pro(masks, maps, limit: float = 0.3) -> float:

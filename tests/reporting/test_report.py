@@ -1,4 +1,4 @@
-"""The HTML report: one self-contained file, rows by score, metrics equal to padim.metrics, rendered by Chromium."""
+"""The HTML report: one self-contained file, rows by score, metrics equal to padim.evaluation.metrics, rendered by Chromium."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ import pytest
 from PIL import Image
 
 from padim import PaDiM, PadimError
-from padim.benchmark import evaluate
+from padim.evaluation.paper_tables import evaluate
 from padim.cli import main
-from padim.datasets import mvtec_category, transform_masks
-from padim.metrics import au_pro, image_auroc, pixel_auroc
+from padim.evaluation.datasets import mvtec_category, transform_masks
+from padim.evaluation.metrics import au_pro, image_auroc, pixel_auroc
 from padim.model import Prediction
-from padim.report import NOT_CALIBRATED, display_names, given_note, render_report, write_report
+from padim.reporting.report import NOT_CALIBRATED, display_names, given_note, render_report, write_report
 
 from conftest import TINY
 
@@ -198,7 +198,7 @@ def test_thumbnails_are_at_most_256_pixels() -> None:
 
 
 def test_colour_scale_ignores_the_zero_border_of_cropped_models() -> None:
-    from padim.report import colour_range
+    from padim.reporting.report import colour_range
 
     maps = np.zeros((3, 40, 40), np.float32)
     maps[:, 5:35, 5:35] = 100 + np.random.default_rng(0).random((3, 30, 30)) * 10

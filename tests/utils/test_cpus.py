@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from padim import cpus
+from padim.utils import cpus
 from padim.errors import PadimError
 
 
@@ -153,7 +153,7 @@ def test_parallel_slices_cover_every_index_once_and_restore_torch_threads() -> N
 
     import torch
 
-    from padim.cpus import parallel_slices
+    from padim.utils.cpus import parallel_slices
 
     before = torch.get_num_threads()
     seen: list[tuple[int, int, int]] = []

@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from padim.atomic import atomic_write
+from padim.utils.atomic import atomic_write
 from padim.data import read_image
-from padim.metrics import image_auroc, pixel_auroc
+from padim.evaluation.metrics import image_auroc, pixel_auroc
 from padim.model import PaDiM
-from padim.overlay import heatmap_overlay, save_png, side_by_side
-from padim.synthetic import TEXTURES, load_split, make_inspection_set
+from padim.reporting.overlay import heatmap_overlay, save_png, side_by_side
+from padim.evaluation.synthetic import TEXTURES, load_split, make_inspection_set
 
 N_TRAIN, N_TEST_GOOD, N_TEST_DEFECT = 60, 20, 40
 

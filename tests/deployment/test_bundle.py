@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from padim import PaDiM
-from padim.bundle import bundle_size, export_bundle
+from padim.deployment.bundle import bundle_size, export_bundle
 from padim.cli import main
 from padim.data import resize
-from padim.synthetic import load_split
+from padim.evaluation.synthetic import load_split
 
-RUNTIME = Path(__file__).resolve().parents[1] / "runtime"
+RUNTIME = Path(__file__).resolve().parents[2] / "runtime"
 sys.path.insert(0, str(RUNTIME))
 
 import padim_runtime  # noqa: E402

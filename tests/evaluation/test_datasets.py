@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from padim.data import Preprocess, read_image
-from padim.datasets import (
+from padim.evaluation.datasets import (
     MVTEC_CATEGORIES,
     MVTEC_OBJECTS,
     MVTEC_TEXTURES,
@@ -27,7 +27,7 @@ from padim.datasets import (
     transform_masks,
 )
 from padim.errors import PadimError
-from padim.synthetic import DEFECT_KINDS, load_texture, make_inspection_set, paint_defect
+from padim.evaluation.synthetic import DEFECT_KINDS, load_texture, make_inspection_set, paint_defect
 
 FRAME = (48, 80)  # STC frames: non-square on purpose
 STC_TRAIN = {"01_001": 5, "01_002": 12}  # 01_002 has unpadded names 0.jpg .. 11.jpg

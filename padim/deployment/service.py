@@ -162,7 +162,7 @@ def decode_image(data: bytes, name: str, max_pixels: int, image_size: tuple[int,
 def render_overlay(image: DecodedImage, anomaly_map: np.ndarray, model: Any, vmin: float | None,
                    vmax: float | None, threshold: float | None) -> bytes:
     """Side-by-side PNG: the image and its heat map (threshold contour in red when calibrated)."""
-    from padim.overlay import heatmap_overlay, side_by_side
+    from padim.reporting.overlay import heatmap_overlay, side_by_side
 
     assert image.display is not None
     size = image.display.shape[:2]

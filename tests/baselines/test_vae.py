@@ -13,13 +13,13 @@ import torchvision.transforms.v2.functional as TF
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-import padim.vae
+import padim.baselines.vae
 from padim import paper
 from padim.data import list_images, read_image
 from padim.errors import PadimError
 from padim.model import Prediction
 from padim.scoring import gaussian_blur
-from padim.vae import STRIDE, VAE, augmented_batch, build_network, rotate
+from padim.baselines.vae import STRIDE, VAE, augmented_batch, build_network, rotate
 
 # Tiny sizes: 37 -> random 35 -> center 32 (a 1x1 latent grid), random (explicitly requested) weights.
 SMALL = dict(latent_channels=16, n_train=16, epochs=1, batch_size=8, resize=37, random_crop=35, crop_size=32,
@@ -162,7 +162,7 @@ def test_checkpoint_is_safetensors_with_versioned_json_metadata(fitted: VAE) -> 
     assert any(k.startswith("optimizer.") and k.endswith(".exp_avg_sq") for k in tensors)
     with safe_open(fitted.checkpoint, framework="pt") as f:
         meta = json.loads(f.metadata()["padim_vae"])
-    assert meta["format_version"] == padim.vae.CHECKPOINT_VERSION
+    assert meta["format_version"] == padim.baselines.vae.CHECKPOINT_VERSION
     assert meta["epochs_done"] == 3 and meta["losses"] == fitted.losses_
     assert meta["hyper_parameters"]["latent_channels"] == FIXTURE["latent_channels"]
     assert meta["hyper_parameters"]["learning_rate"] == FIXTURE["learning_rate"]

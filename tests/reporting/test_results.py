@@ -16,8 +16,8 @@ from PIL import Image
 
 from padim import PaDiM
 from padim.errors import PadimError
-from padim.overlay import heatmap_overlay, side_by_side
-from padim.results import scores_csv, spreadsheet_safe, write_results
+from padim.reporting.overlay import heatmap_overlay, side_by_side
+from padim.reporting.results import scores_csv, spreadsheet_safe, write_results
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_results_match_an_in_memory_prediction_exactly(model: PaDiM, texture_set
 
 def test_memory_stays_flat_in_the_number_of_images(model: PaDiM, tmp_path: Path, monkeypatch) -> None:
     """At most a couple of original-size maps (and their masks) are alive at any time, however many images."""
-    import padim.results
+    import padim.reporting.results
 
     rng = np.random.default_rng(0)
     paths = []
@@ -65,7 +65,7 @@ def test_memory_stays_flat_in_the_number_of_images(model: PaDiM, tmp_path: Path,
         paths.append(path)
     made: list[weakref.ref] = []
     alive_at_most = [0]
-    real = padim.results.original_map
+    real = padim.reporting.results.original_map
 
     def tracked(*args):
         amap = real(*args)
@@ -73,7 +73,7 @@ def test_memory_stays_flat_in_the_number_of_images(model: PaDiM, tmp_path: Path,
         alive_at_most[0] = max(alive_at_most[0], sum(r() is not None for r in made))
         return amap
 
-    monkeypatch.setattr(padim.results, "original_map", tracked)
+    monkeypatch.setattr(padim.reporting.results, "original_map", tracked)
     write_results(model, paths, tmp_path / "out")
     assert len(made) == 2 * len(paths)  # once for the mask and range, once for the overlay
     assert alive_at_most[0] <= 2

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from padim import PaDiM
-from padim.benchmark import CONFIGS, Options, _models, paper_row, run_category
+from padim.evaluation.paper_tables import CONFIGS, Options, _models, paper_row, run_category
 from padim.cli import main
-from padim.datasets import mvtec, mvtec_category
-from padim.synthetic import make_inspection_set
+from padim.evaluation.datasets import mvtec, mvtec_category
+from padim.evaluation.synthetic import make_inspection_set
 
 from test_datasets import build_stc
 
@@ -66,7 +66,7 @@ def test_layer_sum_adds_the_maps_of_three_single_layer_models(mini_mvtec: Path) 
     for layers in (("layer1",), ("layer2",), ("layer3",)):
         model = PaDiM(backbone="resnet18", layers=layers, n_features="all", weights="random", image_size=64, crop_size=None)
         maps = maps + model.fit(split.train).predict(split.test_images).maps
-    from padim.metrics import au_pro
+    from padim.evaluation.metrics import au_pro
 
     masks = np.stack([s.load_mask((64, 64)) for s in split.test])
     assert summed["au_pro"] == pytest.approx(au_pro(masks, maps), abs=1e-9)
@@ -106,7 +106,7 @@ def test_evaluate_command_matches_the_library(mini_mvtec: Path, tmp_path: Path, 
                  "--image-size", "64", "--crop-size", "none", "--n-features", "32", *FAST]) == 0
     assert main(["evaluate", str(model_path), str(mini_mvtec / "carpet"), "-o", str(tmp_path / "ev"), *FAST]) == 0
     saved = json.loads((tmp_path / "ev" / "evaluation.json").read_text())["results"][0]
-    from padim.benchmark import evaluate
+    from padim.evaluation.paper_tables import evaluate
 
     expected = evaluate(PaDiM.load(model_path, batch_size=16), mvtec_category(mini_mvtec, "carpet"))
     assert saved["au_pro"] == pytest.approx(expected["au_pro"], abs=1e-12)
@@ -165,7 +165,7 @@ def test_spade_image_score_is_its_knn_distance_not_the_map_maximum(mini_mvtec: P
     [model] = _models(CONFIGS["spade"], options, seed=0)
     pred = model.fit(split.train).predict(split.test_images)
     assert not np.allclose(pred.scores, pred.maps.reshape(len(pred.maps), -1).max(axis=1))
-    from padim.metrics import image_auroc
+    from padim.evaluation.metrics import image_auroc
 
     labels = [s.label for s in split.test]
     assert result.metrics["image_auroc"] == pytest.approx(image_auroc(labels, pred.scores), abs=1e-12)

@@ -2,7 +2,7 @@
 
 The file has no external references (images are inline base64 PNGs, CSS is inline, no JavaScript), so it
 can be mailed or archived as it is. When ground truth is known it also holds the metric table (image AUROC,
-pixel AUROC, AU-PRO, computed by `padim.metrics`) and the ROC and PRO curves (matplotlib, Agg canvas).
+pixel AUROC, AU-PRO, computed by `padim.evaluation.metrics`) and the ROC and PRO curves (matplotlib, Agg canvas).
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from padim import paper
-from padim.atomic import atomic_write
+from padim.utils.atomic import atomic_write
 from padim.data import DEFAULT_MAX_PIXELS
 from padim.errors import PadimError
-from padim.overlay import MASK_COLOUR, THRESHOLD_COLOUR, as_rgb, contour, heatmap_overlay
+from padim.reporting.overlay import MASK_COLOUR, THRESHOLD_COLOUR, as_rgb, contour, heatmap_overlay
 
 if TYPE_CHECKING:
-    from padim.datasets import Sample
+    from padim.evaluation.datasets import Sample
     from padim.model import PaDiM, Prediction
 
 THUMBNAIL = 256  # largest side of the pictures embedded in the report, in pixels
@@ -39,7 +39,7 @@ NOT_CALIBRATED = ("not calibrated: no verdicts (set thresholds with `padim calib
 
 @dataclass
 class ReportMetrics:
-    """What the ground truth allows: metric values (padim.metrics) and the curves behind them."""
+    """What the ground truth allows: metric values (padim.evaluation.metrics) and the curves behind them."""
 
     values: dict[str, float] = field(default_factory=dict)  # image_auroc, pixel_auroc, au_pro
     image_roc: tuple[np.ndarray, np.ndarray] | None = None  # (FPR, TPR)
@@ -79,7 +79,7 @@ def compute_metrics(prediction: "Prediction", labels: np.ndarray | None, masks: 
     """Image AUROC, pixel AUROC and AU-PRO with their curves, as far as the ground truth allows."""
     from sklearn.metrics import roc_curve
 
-    from padim.metrics import au_pro, image_auroc, pixel_auroc, pro_curve
+    from padim.evaluation.metrics import au_pro, image_auroc, pixel_auroc, pro_curve
 
     out = ReportMetrics()
     if labels is None:
@@ -411,7 +411,7 @@ def _model_html(model: "PaDiM | None", prediction: "Prediction", note: str) -> l
 
 
 def _metrics_html(metrics: ReportMetrics) -> list[str]:
-    """The metric table (values exactly as padim.metrics gives them, in data-value) and the curves."""
+    """The metric table (values exactly as padim.evaluation.metrics gives them, in data-value) and the curves."""
     out = ['<h2>Metrics</h2><table class="metrics"><tr><th>metric</th><th>value</th><th>what it measures</th></tr>']
     for key, (label, what) in METRIC_TEXT.items():
         if key in metrics.values:
@@ -582,7 +582,7 @@ def collect_inputs(inputs: Sequence[str],
     file, or an empty one: a good image).
     """
     from padim.data import list_images
-    from padim.datasets import GOOD, MASK_SUFFIX, MaskRef, Sample, image_shape, mvtec_category
+    from padim.evaluation.datasets import GOOD, MASK_SUFFIX, MaskRef, Sample, image_shape, mvtec_category
 
     mask_root = Path(masks_dir) if masks_dir is not None else None
     if mask_root is not None and not mask_root.is_dir():
@@ -627,7 +627,7 @@ def report_from_files(
     pixel_threshold: float | None = None,
 ) -> "Prediction":
     """Predict on the inputs (see collect_inputs) and write the report, on the model's input grid."""
-    from padim.datasets import image_shape
+    from padim.evaluation.datasets import image_shape
 
     paths, samples = collect_inputs(inputs, masks_dir)
     pre = model.preprocess_

@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from padim.atomic import atomic_write
+from padim.utils.atomic import atomic_write
 from padim.calibration import _logistic, _spread
-from padim.constraints import THRESHOLD, check_value
+from padim.utils.constraints import THRESHOLD, check_value
 from padim.data import Preprocess, as_items, iter_batches
 from padim.errors import PadimError
 from padim.frame import BLANK_CONTRAST_FRACTION, frame_contrast

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from padim.data import Preprocess, array_to_tensor
-from padim.datasets import mvtec_category, transform_masks
+from padim.evaluation.datasets import mvtec_category, transform_masks
 from padim.errors import PadimError
-from padim.metrics import pixel_auroc
+from padim.evaluation.metrics import pixel_auroc
 from padim.scoring import gaussian_blur, upsample
-from padim.spade import Spade, knn_images, nearest_distances
+from padim.baselines.spade import Spade, knn_images, nearest_distances
 
 # Random (explicitly requested) ResNet18 weights on 64x64 inputs: fast, and every code path runs.
 TINY_SPADE = dict(backbone="resnet18", weights="random", image_size=64, crop_size=None, batch_size=4, seed=0, workers=1)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from padim.synthetic import (
+from padim.evaluation.synthetic import (
     DEFECT_KINDS,
     TEXTURES,
     _crop_origin,

@@ -13,8 +13,8 @@ from PIL import Image
 from padim import PaDiM
 from padim.cli import main
 from padim.data import Preprocess, full_frame_size
-from padim.overlay import NOT_INSPECTED_COLOUR, heatmap_overlay, hatch
-from padim.synthetic import _border_band, load_split, make_inspection_set
+from padim.reporting.overlay import NOT_INSPECTED_COLOUR, heatmap_overlay, hatch
+from padim.evaluation.synthetic import _border_band, load_split, make_inspection_set
 
 
 def test_original_size_maps_are_nan_exactly_where_the_crop_never_looked() -> None:

@@ -1,0 +1,1 @@
+"""Running a fitted model elsewhere: ONNX export, torch-free inference bundles, the HTTP service."""

@@ -1,0 +1,34 @@
+"""padim.__all__ is exactly the public surface, and the version has one source."""
+
+from importlib import metadata
+
+import padim
+import padim.errors
+
+
+def _public(module) -> set[str]:
+    """Names a module binds at its top level that do not start with an underscore, less submodules."""
+    return {name for name, value in vars(module).items()
+            if not name.startswith("_") and type(value).__name__ != "module"}
+
+
+def test_all_lists_exactly_the_public_names():
+    assert set(padim.__all__) - {"__version__"} == _public(padim)
+    assert len(padim.__all__) == len(set(padim.__all__))
+
+
+def test_every_error_and_warning_is_exported_from_the_top():
+    assert set(padim.errors.__all__) <= set(padim.__all__)
+    for name in padim.errors.__all__:
+        assert getattr(padim, name) is getattr(padim.errors, name)
+
+
+def test_errors_form_one_hierarchy():
+    kinds = [padim.NotFittedError, padim.ModelFileError, padim.InputError, padim.PadimEnvironmentError]
+    assert all(issubclass(kind, padim.PadimError) for kind in kinds)
+    assert issubclass(padim.ImageTooLarge, padim.InputError)
+    assert issubclass(padim.PadimWarning, UserWarning) and not issubclass(padim.PadimWarning, padim.PadimError)
+
+
+def test_installed_version_is_the_package_version():
+    assert metadata.version("torch-padim") == padim.__version__
