@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from padim_runtime.bundle import BundleError
+from padim_runtime.overlay import NOT_INSPECTED, hatch, jet, scaled
 from padim_runtime.predictor import load
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -39,14 +40,10 @@ def _cell(value: object) -> object:
 
 def heatmap(amap: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
     """A map in jet-like colours (uint8 RGB), not-inspected (NaN) pixels hatched grey."""
-    t = np.clip((amap - vmin) / (vmax - vmin if vmax > vmin else 1.0), 0, 1)
-    t = np.nan_to_num(t, nan=0.0)
-    rgb = np.stack([np.clip(1.5 - np.abs(4 * t - s), 0, 1) for s in (3, 2, 1)], axis=-1)
-    out = (rgb * 255).round().astype(np.uint8)
-    rows, cols = np.indices(amap.shape)
+    out = (jet(scaled(amap, vmin, vmax)) * 255).round().astype(np.uint8)
     unseen = ~np.isfinite(amap)
     out[unseen] = 64
-    out[unseen & ((rows + cols) % 8 < 2)] = 128
+    out[unseen & hatch(amap.shape)] = NOT_INSPECTED
     return out
 
 
