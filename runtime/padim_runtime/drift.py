@@ -18,13 +18,14 @@ threshold set on them at a target false-positive rate (fpr) and the frame check'
 status, from the first rule that holds:
 - "uncalibrated": the bundle has no calibration (counts only);
 - "warming_up": fewer than min_count scores in the window;
-- "drifting": psi > psi_limit, or ks > ks_limit, or share_above more than 3 standard errors above
-  expected_share_above, or frame_reject_share more than 3 binomial standard errors above fpr. share_above's
-  error counts the threshold's own uncertainty: the share of good images above it is Beta(a + 1, n - a)
-  distributed, so 6 calibration images give 14% +- 12% before the window's binomial noise. psi_limit is the conventional 0.25 ("significant shift"), or, when
-  larger, the 99th percentile of the PSI of two samples of one distribution of these sizes, about
-  chi2_{k-1} (1/N + 1/n) for a window of N: with few calibration images their own sampling noise alone
-  passes 0.25. ks_limit is the test's critical value at alpha = 0.01, 1.628 sqrt((N + n) / (N n));
+- "drifting": psi > psi_limit, or ks > ks_limit, or share_above > share_above_limit, or frame_reject_share more
+  than 3 binomial standard errors above fpr. share_above_limit is expected_share_above plus 3 standard errors that
+  count the threshold's own uncertainty besides the window's binomial noise: the share of good images above an
+  order statistic of n is Beta(a + 1, n - a) distributed (6 calibration images: 14% +- 12%). psi_limit is the
+  conventional 0.25 ("significant shift") or, when larger, the 99th percentile of the PSI of two samples of one
+  distribution of these sizes, about chi2_{k-1} (1/N + 1/n) for a window of N: with few calibration images their
+  own sampling noise alone passes 0.25. ks_limit is the test's critical value at alpha = 0.01,
+  1.628 sqrt((N + n) / (N n));
 - "watch": psi > psi_watch, the conventional 0.1 ("moderate shift") or the same null level's 90th percentile;
 - "ok".
 """
