@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 FORMAT, VERSION, MANIFEST = "padim-bundle", 1, "bundle.json"
+NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
 class BundleError(ValueError):
@@ -33,6 +34,13 @@ class Bundle:
     projection: np.ndarray | None
     frame_mean: np.ndarray | None = None  # the frame check's pooled-feature Gaussian (padim.frame)
     frame_cholesky: np.ndarray | None = None
+
+
+def check_name(name: str) -> str:
+    """A name a served bundle can go by (a URL path segment, a metric label), or BundleError."""
+    if not name or not set(name) <= NAME_CHARS:
+        raise BundleError(f"bundle name {name!r}: use letters, digits, '.', '_' and '-'")
+    return name
 
 
 def _read(folder: Path, name: str, digests: dict[str, str]) -> bytes:

@@ -1,4 +1,4 @@
-"""padim-run: the runtime's command line (predict), one line and exit 2 for bad input."""
+"""padim-run: the runtime's command line (predict, serve), one line and exit 2 for bad input."""
 
 from __future__ import annotations
 
@@ -10,14 +10,19 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from padim_runtime.bundle import BundleError
+from padim_runtime.bundle import NAME_CHARS, BundleError, check_name
+from padim_runtime.drift import DEFAULT_WINDOW
+from padim_runtime.image import MAX_PIXELS
+from padim_runtime.overlay import NOT_INSPECTED, hatch, jet, scaled
 from padim_runtime.predictor import load
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+MAX_UPLOAD_MB = 4096  # serve --max-upload-mb: an upload is held in memory whole
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -39,14 +44,10 @@ def _cell(value: object) -> object:
 
 def heatmap(amap: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
     """A map in jet-like colours (uint8 RGB), not-inspected (NaN) pixels hatched grey."""
-    t = np.clip((amap - vmin) / (vmax - vmin if vmax > vmin else 1.0), 0, 1)
-    t = np.nan_to_num(t, nan=0.0)
-    rgb = np.stack([np.clip(1.5 - np.abs(4 * t - s), 0, 1) for s in (3, 2, 1)], axis=-1)
-    out = (rgb * 255).round().astype(np.uint8)
-    rows, cols = np.indices(amap.shape)
+    out = (jet(scaled(amap, vmin, vmax)) * 255).round().astype(np.uint8)
     unseen = ~np.isfinite(amap)
     out[unseen] = 64
-    out[unseen & ((rows + cols) % 8 < 2)] = 128
+    out[unseen & hatch(amap.shape)] = NOT_INSPECTED
     return out
 
 
@@ -80,6 +81,86 @@ def cmd_predict(args: argparse.Namespace) -> None:
     print(f"scored {len(rows)} images -> {out}/scores.csv, scores.json ({predictor.engine.name})")
 
 
+def bundle_specs(specs: list[str]) -> dict[str, str]:
+    """NAME=DIR or DIR (named after its folder) -> {name: folder}; names must be distinct."""
+    out: dict[str, str] = {}
+    for spec in specs:
+        name, sep, folder = spec.partition("=")
+        if not (sep and name and set(name) <= NAME_CHARS):  # a folder, maybe with '=' in its path
+            name, folder = Path(spec.rstrip("/\\")).name or spec, spec
+        if name in out:
+            raise BundleError(f"bundle name {name!r} given twice: name them, NAME=DIR")
+        out[name] = folder
+    return out
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    """padim-run serve: FastAPI + uvicorn until Ctrl-C."""
+    try:
+        from padim_runtime.service import serve
+    except ImportError as exc:
+        raise BundleError(str(exc)) from None
+    if not 0 < args.max_upload_mb <= MAX_UPLOAD_MB:
+        raise BundleError(f"--max-upload-mb must be a number in (0, {MAX_UPLOAD_MB}], got {args.max_upload_mb}")
+    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, args.max_pixels)  # --max-pixels decides, not Pillow
+    folders = {check_name(name): folder for name, folder in bundle_specs(args.bundles).items()}
+    loaded: dict[str, Any] = {}  # one predictor per folder, however many names it has
+    bundles = {}
+    for name, folder in folders.items():
+        key = str(Path(folder).resolve())
+        if key not in loaded:
+            loaded[key] = load(folder, engine=args.engine, batch_size=args.max_batch)
+        bundles[name] = loaded[key]
+    serve(bundles, host=args.host, port=args.port, access_log=not args.quiet, default=args.default,
+          window=args.window, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels,
+          max_batch=args.max_batch, body_timeout_s=args.body_timeout,
+          max_uploads_per_client=args.max_uploads_per_client)
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def _add_serve(sub: Any) -> None:
+    """The serve subcommand's arguments."""
+    serve = sub.add_parser("serve", help="HTTP API, page, drift and /metrics (needs the 'serve' extra)")
+    serve.add_argument("bundles", nargs="+", metavar="BUNDLE",
+                       help="bundle folder (named after the folder) or NAME=FOLDER; several: /models/NAME/predict")
+    serve.add_argument("--default", metavar="NAME", help="the bundle POST /predict uses when several are served")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1: this machine)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
+    serve.add_argument("--window", type=_positive_int, default=DEFAULT_WINDOW, metavar="N",
+                       help="drift: the last N scores of each bundle against its calibration (default: %(default)s)")
+    serve.add_argument("--max-upload-mb", type=float, default=20, help="largest accepted upload in MiB (default: 20)")
+    serve.add_argument("--max-pixels", type=_positive_int, default=MAX_PIXELS,
+                       help=f"largest accepted image in pixels, read from its header (default: {MAX_PIXELS:,})")
+    serve.add_argument("--max-batch", type=_positive_int, default=8, help="most requests in one pass (default: 8)")
+    serve.add_argument("--body-timeout", type=_positive_seconds, default=30.0, metavar="SECONDS",
+                       help="an upload not received within this is answered 408, its connection closed (default: 30)")
+    serve.add_argument("--max-uploads-per-client", type=_positive_int, default=8, metavar="N",
+                       help="uploads received at once from one client address; more are answered 429 (default: 8)")
+    serve.add_argument("--engine", choices=["auto", "openvino", "onnxruntime"], default="auto")
+    serve.add_argument("--quiet", action="store_true", help="no access log")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser."""
     parser = argparse.ArgumentParser(prog="padim-run", description="Score images with a torch-padim bundle.")
@@ -92,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--image-threshold", type=float, help="override the calibrated image threshold")
     predict.add_argument("--engine", choices=["auto", "openvino", "onnxruntime"], default="auto")
     predict.add_argument("--batch-size", type=int, default=32)
+    _add_serve(sub)
     return parser
 
 
@@ -99,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: one-line errors, exit 2."""
     args = build_parser().parse_args(argv)
     try:
-        {"predict": cmd_predict}[args.command](args)
+        {"predict": cmd_predict, "serve": cmd_serve}[args.command](args)
     except BundleError as exc:
         print(f"padim-run: error: {exc}", file=sys.stderr)
         return 2

@@ -31,7 +31,7 @@ def decode(source: Any, name: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     if isinstance(source, np.ndarray):
         return _to_unit_rgb(source, name)
     if isinstance(source, Image.Image):
-        return _from_pil(ImageOps.exif_transpose(source), name)
+        return from_pil(ImageOps.exif_transpose(source), name)
     path = Path(source)
     if not path.is_file() or path.stat().st_size == 0:
         raise BundleError(f"{path}: {'empty file' if path.is_file() else 'no such image file'}")
@@ -40,7 +40,7 @@ def decode(source: Any, name: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
             if img.width * img.height > max_pixels:
                 raise BundleError(f"{path}: {img.width}x{img.height} pixels exceed the limit of {max_pixels}")
             img.load()
-            return _from_pil(ImageOps.exif_transpose(img), str(path))
+            return from_pil(ImageOps.exif_transpose(img), str(path))
     except UnidentifiedImageError:
         raise BundleError(f"{path}: not a readable raster image (unsupported format or corrupt)") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
@@ -49,7 +49,7 @@ def decode(source: Any, name: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         raise BundleError(f"{path}: corrupt or truncated image ({exc})") from None
 
 
-def _from_pil(img: Image.Image, name: str) -> np.ndarray:
+def from_pil(img: Image.Image, name: str) -> np.ndarray:
     """Any PIL mode as (3, H, W) float32 in [0, 1], as padim.data.pil_to_tensor converts it."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         return _to_unit_rgb(np.asarray(img).astype(np.uint16), name)

@@ -66,34 +66,50 @@ class Predictor:
 
     def iter_predict(self, images: Any, image_threshold: float | None = None) -> Iterator[Result]:
         """Results batch by batch (memory flat in the number of images)."""
-        if image_threshold is not None and not np.isfinite(image_threshold):
-            raise BundleError(f"image threshold must be a finite number, got {image_threshold!r}")
-        threshold = self.image_threshold if image_threshold is None else float(image_threshold)
-        spread = None if threshold is None or self.calibration is None else self._spread(threshold)
+        self._threshold(image_threshold)  # a bad override fails before any decoding
         items = _items(images)
         for start in range(0, len(items), self.batch_size):
             batch = items[start : start + self.batch_size]
             # decoding (Pillow) and resizing (numpy matrix products) release the GIL: one thread per CPU
             rgbs = list(self.scorer.pool.map(lambda item: decode(item[1], item[0]), batch))
-            x = np.stack(list(self.scorer.pool.map(lambda rgb: preprocess(rgb, self.spec), rgbs)))
-            emb = self.engine(x)
-            if self.bundle.projection is not None:
-                emb = np.matmul(emb, self.bundle.projection)
-            blank, unlike, frame_scores = self._frame_check(x, emb)  # before scoring centres emb in place
-            maps, scores = self.scorer(emb)
-            for b, ((name, _), rgb, amap, score) in enumerate(zip(batch, rgbs, maps, scores)):
-                if not np.isfinite(score):
-                    raise BundleError(f"{name}: anomaly score is NaN/inf (NaN/inf features or bundle tensors)")
-                normalized = defective = None
-                above = threshold is not None and bool(score > threshold)
-                if threshold is not None:
-                    defective = above or bool(blank[b]) or bool(unlike[b])
-                    if spread is not None:
-                        normalized = _logistic(float(score), threshold, spread)
-                reason = "; ".join(r for r, hit in zip(self.reasons, (blank[b], unlike[b], above)) if hit)
-                yield Result(name, float(score), normalized, defective, reason,
-                             to_original(amap, self.spec, rgb.shape[1:]),
-                             None if frame_scores is None else float(frame_scores[b]))
+            yield from self.score_decoded(rgbs, [name for name, _ in batch], image_threshold)
+
+    def _threshold(self, image_threshold: float | None) -> float | None:
+        """The threshold in force: a finite override, else the calibrated one (None: uncalibrated)."""
+        if image_threshold is not None and not np.isfinite(image_threshold):
+            raise BundleError(f"image threshold must be a finite number, got {image_threshold!r}")
+        return self.image_threshold if image_threshold is None else float(image_threshold)
+
+    def score_decoded(self, rgbs: list[np.ndarray], names: list[str], image_threshold: float | None = None,
+                      map_sizes: list[tuple[int, int] | None] | None = None) -> list[Result]:
+        """Results for one batch of decoded (3, H, W) float32 images in [0, 1] (`decode`'s output).
+
+        Each map is brought to its image's size, or to `map_sizes[i]` when given (None: the model's grid).
+        """
+        threshold = self._threshold(image_threshold)
+        spread = None if threshold is None or self.calibration is None else self._spread(threshold)
+        x = np.stack(list(self.scorer.pool.map(lambda rgb: preprocess(rgb, self.spec), rgbs)))
+        emb = self.engine(x)
+        if self.bundle.projection is not None:
+            emb = np.matmul(emb, self.bundle.projection)
+        blank, unlike, frame_scores = self._frame_check(x, emb)  # before scoring centres emb in place
+        maps, scores = self.scorer(emb)
+        sizes = map_sizes if map_sizes is not None else [rgb.shape[1:] for rgb in rgbs]
+        results = []
+        for b, (name, amap, score, size) in enumerate(zip(names, maps, scores, sizes)):
+            if not np.isfinite(score):
+                raise BundleError(f"{name}: anomaly score is NaN/inf (NaN/inf features or bundle tensors)")
+            normalized = defective = None
+            above = threshold is not None and bool(score > threshold)
+            if threshold is not None:
+                defective = above or bool(blank[b]) or bool(unlike[b])
+                if spread is not None:
+                    normalized = _logistic(float(score), threshold, spread)
+            reason = "; ".join(r for r, hit in zip(self.reasons, (blank[b], unlike[b], above)) if hit)
+            results.append(Result(name, float(score), normalized, defective, reason,
+                                  amap if size is None else to_original(amap, self.spec, tuple(size)),
+                                  None if frame_scores is None else float(frame_scores[b])))
+        return results
 
     def _frame_check(self, x: np.ndarray, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """(blank, unlike, frame scores) of a batch, as padim.frame computes them (all False without one)."""

@@ -1,0 +1,182 @@
+"""Uploads for `padim-run serve`: the request body read within limits, and the image decoded as `padim serve` does.
+
+Bad requests become one-line HTTP errors with the same status codes as the main package's service:
+400 malformed multipart, 408 body not in within the timeout, 413 too many bytes or pixels, 415 a content type
+that is not an image, 422 no image or one that does not decode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import numpy as np
+from fastapi import HTTPException, Request
+from PIL import Image, ImageOps, UnidentifiedImageError
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from padim_runtime.bundle import BundleError
+from padim_runtime.image import RASTER_FORMATS, from_pil
+from padim_runtime.resize import resize
+
+MiB = 1024 * 1024
+MULTIPART_SLACK = 64 * 1024  # the multipart envelope around the file: boundaries and part headers
+HOW = ("send multipart/form-data with the image in a field named 'file', or the image bytes "
+       "with Content-Type image/* or application/octet-stream")
+
+
+def fail(status: int, message: str, **headers: str) -> HTTPException:
+    """An HTTP error whose detail is one line."""
+    return HTTPException(status_code=status, detail=" ".join(message.split()), headers=headers or None)
+
+
+def size_text(n_bytes: float) -> str:
+    """A byte count for people: '20 MiB', '97.7 KiB', '900 bytes'."""
+    if n_bytes >= MiB:
+        return f"{n_bytes / MiB:.3g} MiB"
+    return f"{n_bytes / 1024:.3g} KiB" if n_bytes >= 1024 else f"{int(n_bytes)} bytes"
+
+
+def clean_name(name: str | None) -> str:
+    """An upload's file name without folders or unprintable characters, at most 120 characters."""
+    base = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    return "".join(c if c.isprintable() else "?" for c in base)[:120] or "upload"
+
+
+class _TooLarge(Exception):
+    """The body passed its byte limit."""
+
+
+async def _capped(stream: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
+    """A request body that stops with _TooLarge once it passes `limit` bytes."""
+    seen = 0
+    async for chunk in stream:
+        seen += len(chunk)
+        if seen > limit:
+            raise _TooLarge
+        yield chunk
+
+
+def _is_image_type(media: str) -> bool:
+    """Whether a media type may carry an image."""
+    return media.startswith("image/") or media == "application/octet-stream"
+
+
+async def _read_multipart(request: Request, max_bytes: int, limit: int) -> tuple[bytes, str]:
+    """The first file of a multipart body."""
+    parser = MultiPartParser(request.headers, _capped(request.stream(), limit), max_files=1, max_fields=16)
+    try:
+        form = await parser.parse()
+    except _TooLarge:
+        raise fail(413, f"upload exceeds the limit of {size_text(max_bytes)}") from None
+    except MultiPartException as exc:
+        raise fail(400, f"malformed multipart upload: {exc.message}") from None
+    try:
+        files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
+        if not files:
+            raise fail(422, f"no image uploaded: {HOW}")
+        name = clean_name(files[0].filename)
+        media = (files[0].content_type or "application/octet-stream").split(";")[0].strip().lower()
+        if not _is_image_type(media):
+            raise fail(415, f"{name}: content type {media!r} is not an image; upload image/* (PNG, JPEG, BMP, "
+                            "TIFF, WebP) or application/octet-stream")
+        data = await files[0].read()
+    finally:
+        await form.close()
+    if len(data) > max_bytes:
+        raise fail(413, f"{name}: {size_text(len(data))} exceeds the limit of {size_text(max_bytes)}")
+    return data, name
+
+
+async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, str]:
+    """The uploaded image's bytes and name: a multipart field, or the raw body with an image content type."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    limit = max_bytes + (MULTIPART_SLACK if media == "multipart/form-data" else 0)
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise fail(413, f"upload exceeds the limit of {size_text(max_bytes)} "
+                        f"(Content-Length {size_text(int(declared))})")
+    if media == "multipart/form-data":
+        return await _read_multipart(request, max_bytes, limit)
+    if media == "application/x-www-form-urlencoded":
+        raise fail(422, f"no image uploaded (a url-encoded form carries no file): {HOW}")
+    if media and not _is_image_type(media):
+        raise fail(415, f"content type {media!r} is not an image: {HOW}")
+    try:
+        data = b"".join([chunk async for chunk in _capped(request.stream(), limit)])
+    except _TooLarge:
+        raise fail(413, f"upload exceeds the limit of {size_text(max_bytes)}") from None
+    if not media:
+        raise fail(415 if data else 422, ("missing Content-Type: " if data else "no image uploaded: ") + HOW)
+    return data, clean_name(request.headers.get("x-filename"))
+
+
+async def read_upload_within(request: Request, max_bytes: int, timeout_s: float) -> tuple[bytes, str]:
+    """`read_upload`, or 408 (and the connection closed) when the body is not in after `timeout_s`."""
+    try:
+        return await asyncio.wait_for(read_upload(request, max_bytes), timeout_s)
+    except asyncio.TimeoutError:
+        raise fail(408, f"upload not complete after {timeout_s:g} s (the server's body timeout)",
+                   Connection="close") from None
+
+
+@dataclass
+class Decoded:
+    """An upload decoded and shrunk at once to the model's resize size (and a display copy for the overlay)."""
+
+    name: str
+    width: int
+    height: int
+    model_input: np.ndarray  # (3, H, W) float32 in [0, 1] at the bundle's image_size
+    display: np.ndarray | None  # (h, w, 3) uint8, longest side <= the overlay side
+    decode_ms: float
+
+
+def _open(data: bytes, name: str, max_pixels: int) -> np.ndarray:
+    """The upright (3, H, W) float32 pixels of an upload, its pixel count checked from the header first."""
+    if not data:
+        raise fail(422, f"{name}: empty file")
+    try:
+        with Image.open(io.BytesIO(data), formats=RASTER_FORMATS) as img:
+            if img.width * img.height > max_pixels:
+                raise fail(413, f"{name}: {img.width}x{img.height} = {img.width * img.height:,} pixels exceeds "
+                                f"the limit of {max_pixels:,} pixels (max_pixels, --max-pixels)")
+            img.load()
+            return from_pil(ImageOps.exif_transpose(img), name)
+    except UnidentifiedImageError:
+        raise fail(422, f"{name}: not a readable image (unsupported format or corrupt; accepted: "
+                        f"{', '.join(RASTER_FORMATS)})") from None
+    except Image.DecompressionBombError as exc:
+        raise fail(413, f"{name}: {exc} (Pillow's limit, PIL.Image.MAX_IMAGE_PIXELS)") from None
+    except BundleError as exc:
+        raise fail(422, str(exc)) from None
+    except MemoryError:
+        raise fail(413, f"{name}: image too large to decode") from None
+    except HTTPException:
+        raise
+    except Exception as exc:  # noqa: BLE001 - decoders raise many types on hostile or broken files
+        raise fail(422, f"{name}: corrupt or truncated image ({' '.join(str(exc).split())})") from None
+
+
+def decode_upload(data: bytes, name: str, max_pixels: int, image_size: tuple[int, int],
+                  overlay_side: int | None) -> Decoded:
+    """Check and decode an upload (in a worker thread); 413/422 HTTPExceptions when it will not do.
+
+    The shrink to image_size is the first step of the bundle's preprocessing (clipped to [0, 1] as it is),
+    so the predictor repeating it is the identity: scores equal `Predictor.predict` on the same file.
+    """
+    t0 = time.perf_counter()
+    rgb = _open(data, name, max_pixels)
+    height, width = rgb.shape[1:]
+    model_input = np.clip(resize(rgb, tuple(image_size)), 0.0, 1.0)
+    display = None
+    if overlay_side:
+        scale = min(1.0, overlay_side / max(height, width))
+        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        small = np.clip(resize(rgb, size), 0.0, 1.0)
+        display = np.ascontiguousarray((small.transpose(1, 2, 0) * 255).round().astype(np.uint8))
+    return Decoded(name, width, height, model_input, display, (time.perf_counter() - t0) * 1000)
