@@ -126,7 +126,8 @@ class Predictor:
         rows = emb.reshape(p, b * d)
         ones = np.ones((1, p), emb.dtype)
         mean = (ones @ rows) / p
-        var = (ones @ np.square(rows - mean)) / p
+        centred = rows - mean
+        var = (ones @ np.square(centred, out=centred)) / p
         summary = np.concatenate([mean.reshape(b, d), np.sqrt(var).reshape(b, d)], axis=1).astype(np.float64)
         z = np.linalg.solve(self.bundle.frame_cholesky, (summary - self.bundle.frame_mean).T)
         scores = np.linalg.norm(z, axis=0)

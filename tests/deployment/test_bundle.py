@@ -46,6 +46,19 @@ def test_numpy_resize_equals_torchs_bicubic(shape: tuple[int, int], size: tuple[
     assert np.abs(np_resize(x, size) - want).max() < 1e-4
 
 
+@pytest.mark.parametrize("gather", [4_000_000, 5_000])  # the second applies each band in many chunks
+def test_numpy_resize_spreads_nan_like_torch(gather: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    import padim_runtime.resize
+    monkeypatch.setattr(padim_runtime.resize, "GATHER_ELEMENTS", gather)
+    for shape, size in [((256, 256), (400, 300)), ((500, 380), (224, 224))]:
+        x = np.random.default_rng(1).random((1, *shape), dtype=np.float32)
+        x[:, :17], x[:, :, -9:] = np.nan, np.nan  # a crop's unseen border, as to_original makes it
+        want = resize(torch.from_numpy(x)[None], size)[0].numpy()
+        got = np_resize(x, size)
+        assert (np.isnan(got) == np.isnan(want)).all() and np.isnan(want).any()
+        assert np.nanmax(np.abs(got - want)) < 1e-4
+
+
 def test_runtime_scores_equal_the_full_package_on_real_photos(lite0: PaDiM, bundle: Path, texture_set: Path) -> None:
     _, test, _ = load_split(texture_set)
     gray = np.full((96, 96, 3), 128, np.uint8)  # a blank frame: the frame check must reject it here too
