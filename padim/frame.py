@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from padim.errors import PadimError
+from padim.errors import InputError
 from padim.gaussian import STATS_DTYPE, GaussianStats
 
 # A frame is blank when its contrast is below this fraction of the lowest training frame's. A covered
@@ -134,7 +134,7 @@ class FrameModel:
         """Factor the shrunk covariance of the training frames' summaries."""
         lower, info = torch.linalg.cholesky_ex(shrunk_covariance(stats.gaussian, eps))
         if int(info) > 0:
-            raise PadimError("frame covariance is not positive definite: the features contain NaN/inf or eps is too small")
+            raise InputError("frame covariance is not positive definite: the features contain NaN/inf or eps is too small")
         return cls(stats.gaussian.mean[0].clone(), lower, stats.contrast_min)
 
     def scores(self, embedding: torch.Tensor) -> torch.Tensor:

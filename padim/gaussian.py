@@ -9,7 +9,7 @@ import torch
 
 from padim import staircase
 from padim.utils.cpus import run_slices
-from padim.errors import PadimError
+from padim.errors import InputError
 
 STATS_DTYPE = torch.float64
 
@@ -157,7 +157,7 @@ class GaussianStats:
     def merge(self, other: "GaussianStats") -> None:
         """Add another set of statistics over the same positions and dimensions."""
         if other.mean.shape != self.mean.shape or other.scatter.shape != self.scatter.shape:
-            raise PadimError(f"cannot merge statistics of shape {tuple(other.mean.shape)} into {tuple(self.mean.shape)}")
+            raise InputError(f"cannot merge statistics of shape {tuple(other.mean.shape)} into {tuple(self.mean.shape)}")
         self.scatter.add_(other.scatter.to(self.scatter.device))
         self._combine(other.n, other.mean.to(self.mean.device), None, slice(None))
         self.n += other.n
@@ -190,7 +190,7 @@ class GaussianStats:
     def lower_covariance(self, eps: float, positions: slice = slice(None)) -> torch.Tensor:
         """The lower triangles (and diagonal blocks) of `covariance`, zeros elsewhere: what Cholesky reads."""
         if self.n == 0:
-            raise PadimError("no training images: the Gaussians are undefined")
+            raise InputError("no training images: the Gaussians are undefined")
         views = self._block_views(positions)
         cov = torch.zeros(views[0].shape[0], self.dim, self.dim, dtype=self.scatter.dtype, device=self.scatter.device)
         if self.n > 1:
@@ -268,7 +268,7 @@ def precision_factor(stats: GaussianStats, eps: float, chunk: int | None = None)
 
     run_slices(factor_slice, n_pos, chunk or factor_chunk(dim), stats.mean.device)
     if failed:
-        raise PadimError("covariance is not positive definite: the features contain NaN/inf or eps is too small")
+        raise InputError("covariance is not positive definite: the features contain NaN/inf or eps is too small")
     return stairs
 
 

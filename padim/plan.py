@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from padim import staircase
-from padim.errors import PadimError
+from padim.errors import PadimEnvironmentError
 from padim.gaussian import GaussianStats, factor_chunk, triangle_size
 
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ class Plan:
     def check(self) -> None:
         """Stop with one line naming what to change when the planned fit cannot fit in memory."""
         if not self.fits_in_memory():
-            raise PadimError(
+            raise PadimEnvironmentError(
                 f"planned fit peak {self.fit_peak / MB:,.0f} MB exceeds the {(self.now + self.headroom) / MB:,.0f} MB "
                 f"available to this process (d={self.dim}, {self.positions} positions): lower n_features "
                 f"(--n-features), the image size (--image-size/--crop-size) or the batch size")

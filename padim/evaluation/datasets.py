@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from padim import paper
 from padim.data import (IMAGE_SUFFIXES, Preprocess, image_files, list_images, load_upright, open_image, oriented_size,
                         resize)
-from padim.errors import PadimError
+from padim.errors import InputError, PadimError
 
 MVTEC_TEXTURES = paper.MVTEC_TEXTURES
 MVTEC_OBJECTS = paper.MVTEC_OBJECTS
@@ -60,11 +60,11 @@ class Sample:
         shape = (int(shape[0]), int(shape[1]))
         if self.mask is None:
             if self.label == 1:
-                raise PadimError(f"{self.image}: defective test image has no ground-truth mask")
+                raise InputError(f"{self.image}: defective test image has no ground-truth mask")
             return np.zeros(shape, dtype=bool)
         mask = _read_npy_frame(self.mask) if self.mask.index is not None else _read_png_mask(self.mask.path)
         if mask.shape != shape:
-            raise PadimError(
+            raise InputError(
                 f"{self.mask}: mask is {mask.shape[0]}x{mask.shape[1]} "
                 f"but its image {self.image} is {shape[0]}x{shape[1]}"
             )
@@ -74,13 +74,13 @@ class Sample:
 def _read_png_mask(path: Path) -> np.ndarray:
     """Pixels > 0 of a mask image (any channel) as a bool HxW array."""
     if not path.is_file():
-        raise PadimError(f"{path}: ground-truth mask file is missing")
+        raise InputError(f"{path}: ground-truth mask file is missing")
     try:
         with open_image(path, str(path)) as img:
             load_upright(img, str(path))
             pixels = np.asarray(img)
     except PadimError as exc:
-        raise PadimError(f"{exc} (ground-truth mask)") from None
+        raise InputError(f"{exc} (ground-truth mask)") from None
     if pixels.ndim == 3:
         pixels = pixels[:, :, :3].max(axis=2)  # RGB(A) masks: any colour channel marks the defect
     return pixels > 0
@@ -92,7 +92,7 @@ def _open_npy(path: str, mtime_ns: int, size: int) -> np.ndarray:
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise PadimError(f"{path}: unreadable .npy mask file ({exc})") from None
+        raise InputError(f"{path}: unreadable .npy mask file ({exc})") from None
 
 
 def _load_npy(path: Path) -> np.ndarray:
@@ -100,7 +100,7 @@ def _load_npy(path: Path) -> np.ndarray:
     try:
         stat = path.stat()
     except OSError:
-        raise PadimError(f"{path}: mask file is missing") from None
+        raise InputError(f"{path}: mask file is missing") from None
     return _open_npy(str(path), stat.st_mtime_ns, stat.st_size)
 
 
@@ -108,9 +108,9 @@ def _read_npy_frame(ref: MaskRef) -> np.ndarray:
     """Frame `ref.index` of an (N, H, W) .npy mask stack, > 0, as bool."""
     stack = _load_npy(ref.path)
     if stack.ndim != 3:
-        raise PadimError(f"{ref.path}: expected an (n_frames, H, W) mask array, got shape {stack.shape}")
+        raise InputError(f"{ref.path}: expected an (n_frames, H, W) mask array, got shape {stack.shape}")
     if not 0 <= ref.index < stack.shape[0]:  # type: ignore[operator]
-        raise PadimError(f"{ref.path}: no frame {ref.index} (the file holds {stack.shape[0]} frames)")
+        raise InputError(f"{ref.path}: no frame {ref.index} (the file holds {stack.shape[0]} frames)")
     return np.asarray(stack[ref.index]) > 0
 
 
@@ -176,18 +176,18 @@ def _images(folder: Path) -> list[Path]:
 
 
 def _require_dir(path: Path, what: str) -> Path:
-    """The path, or a PadimError when it is not an existing folder."""
+    """The path, or an InputError when it is not an existing folder."""
     if not path.exists():
-        raise PadimError(f"{path}: no such folder ({what})")
+        raise InputError(f"{path}: no such folder ({what})")
     if not path.is_dir():
-        raise PadimError(f"{path}: not a folder ({what})")
+        raise InputError(f"{path}: not a folder ({what})")
     return path
 
 
 def _stride(value: int, name: str) -> int:
     """Validate a frame stride."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise PadimError(f"{name} must be a positive integer, got {value!r}")
+        raise InputError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
 
 
@@ -200,11 +200,11 @@ def mvtec_category(root: PathLike, category: str) -> Split:
     folder = root / category
     if not folder.is_dir():
         present = ", ".join(p.name for p in _subdirs(root)) or "nothing"
-        raise PadimError(f"{folder}: no category '{category}' in {root} (present: {present})")
+        raise InputError(f"{folder}: no category '{category}' in {root} (present: {present})")
     train_dir = _require_dir(folder / "train" / GOOD, "MVTec AD training images")
     train = _images(train_dir)
     if not train:
-        raise PadimError(f"{train_dir}: no training images ({', '.join(IMAGE_SUFFIXES)})")
+        raise InputError(f"{train_dir}: no training images ({', '.join(IMAGE_SUFFIXES)})")
     return Split(category, train, _mvtec_test(folder))
 
 
@@ -213,7 +213,7 @@ def _mvtec_test(folder: Path) -> list[Sample]:
     test_dir = _require_dir(folder / "test", "MVTec AD test images")
     defect_dirs = _subdirs(test_dir)
     if not defect_dirs:
-        raise PadimError(f"{test_dir}: no defect-type subfolders (expected test/good and test/<defect>)")
+        raise InputError(f"{test_dir}: no defect-type subfolders (expected test/good and test/<defect>)")
     samples = []
     for defect_dir in defect_dirs:
         defect = defect_dir.name
@@ -223,10 +223,10 @@ def _mvtec_test(folder: Path) -> list[Sample]:
                 continue
             mask = folder / "ground_truth" / defect / f"{image.stem}{MASK_SUFFIX}"
             if not mask.is_file():
-                raise PadimError(f"{mask}: missing ground-truth mask for test image {image}")
+                raise InputError(f"{mask}: missing ground-truth mask for test image {image}")
             samples.append(Sample(image, 1, defect, MaskRef(mask)))
     if not samples:
-        raise PadimError(f"{test_dir}: no test images in any defect-type subfolder")
+        raise InputError(f"{test_dir}: no test images in any defect-type subfolder")
     return samples
 
 
@@ -236,11 +236,11 @@ def mvtec(root: PathLike, categories: str | list[str] | tuple[str, ...] | None =
     if categories is None:
         categories = [c for c in MVTEC_CATEGORIES if (root / c).is_dir()]
         if not categories:
-            raise PadimError(_not_mvtec_message(root))
+            raise InputError(_not_mvtec_message(root))
     elif isinstance(categories, str):
         categories = [categories]
     if not categories:
-        raise PadimError(f"{root}: no categories requested")
+        raise InputError(f"{root}: no categories requested")
     return [mvtec_category(root, c) for c in categories]
 
 
@@ -270,17 +270,17 @@ def _stc_train(root: Path, stride: int) -> list[Path]:
     if not frames_dir.is_dir():
         videos = root / "training" / "videos"
         if videos.is_dir() and any(videos.glob("*.avi")):
-            raise PadimError(
+            raise InputError(
                 f"{frames_dir}: no such folder; extract the training videos in {videos} to "
                 f"{frames_dir}/<video>/<frame>.jpg first (e.g. ffmpeg -i 01_001.avi -q:v 2 01_001/%03d.jpg)"
             )
         _require_dir(frames_dir, "STC training frames, training/frames/<video>/<frame>.jpg")
     videos = _subdirs(frames_dir)
     if not videos:
-        raise PadimError(f"{frames_dir}: no video folders (expected training/frames/<video>/<frame>.jpg)")
+        raise InputError(f"{frames_dir}: no video folders (expected training/frames/<video>/<frame>.jpg)")
     train = [frame for video in videos for frame in _images(video)[::stride]]
     if not train:
-        raise PadimError(f"{frames_dir}: the video folders hold no frames ({', '.join(IMAGE_SUFFIXES)})")
+        raise InputError(f"{frames_dir}: the video folders hold no frames ({', '.join(IMAGE_SUFFIXES)})")
     return train
 
 
@@ -292,11 +292,11 @@ def _stc_test(root: Path, stride: int) -> list[Sample]:
     label_dir = _require_dir(testing / "test_frame_mask", "STC frame labels, testing/test_frame_mask/<video>.npy")
     videos = _subdirs(frames_dir)
     if not videos:
-        raise PadimError(f"{frames_dir}: no video folders (expected testing/frames/<video>/<frame>.jpg)")
+        raise InputError(f"{frames_dir}: no video folders (expected testing/frames/<video>/<frame>.jpg)")
     names = {v.name for v in videos}
     for stray in sorted(pixel_dir.glob("*.npy")):
         if stray.stem not in names:
-            raise PadimError(
+            raise InputError(
                 f"{stray}: pixel mask of video '{stray.stem}' but no frames folder {frames_dir / stray.stem}"
             )
     return [s for video in videos for s in _stc_video(video, pixel_dir, label_dir, stride)]
@@ -306,18 +306,18 @@ def _stc_video(video: Path, pixel_dir: Path, label_dir: Path, stride: int) -> li
     """The test samples of one STC video, after checking its masks match its frames."""
     frames = _images(video)
     if not frames:
-        raise PadimError(f"{video}: test video folder has no frames")
+        raise InputError(f"{video}: test video folder has no frames")
     pixel_path, label_path = pixel_dir / f"{video.name}.npy", label_dir / f"{video.name}.npy"
     for path in (pixel_path, label_path):
         if not path.is_file():
-            raise PadimError(f"{path}: missing mask file for test video '{video.name}' ({len(frames)} frames)")
+            raise InputError(f"{path}: missing mask file for test video '{video.name}' ({len(frames)} frames)")
     pixels = _load_npy(pixel_path)
     if pixels.ndim != 3:
-        raise PadimError(f"{pixel_path}: expected an (n_frames, H, W) pixel mask array, got shape {pixels.shape}")
+        raise InputError(f"{pixel_path}: expected an (n_frames, H, W) pixel mask array, got shape {pixels.shape}")
     labels = np.asarray(_load_npy(label_path)).reshape(-1)
     for path, count in ((pixel_path, pixels.shape[0]), (label_path, labels.shape[0])):
         if count != len(frames):
-            raise PadimError(f"{path}: video '{video.name}' has {len(frames)} frames but its mask has {count}")
+            raise InputError(f"{path}: video '{video.name}' has {len(frames)} frames but its mask has {count}")
     return [
         Sample(frames[i], int(labels[i] > 0), "abnormal" if labels[i] > 0 else GOOD, MaskRef(pixel_path, i))
         for i in range(0, len(frames), stride)
@@ -344,11 +344,11 @@ def folder_split(
     masks = _require_dir(Path(mask_dir), "ground-truth masks") if mask_dir is not None else None
     groups, loose = _subdirs(test_root), _images(test_root)
     if groups and loose:
-        raise PadimError(f"{test_root}: holds both images and subfolders; use either a flat folder or "
+        raise InputError(f"{test_root}: holds both images and subfolders; use either a flat folder or "
                          f"good/ and <defect>/ subfolders")
     test = _grouped_test(test_root, groups, masks) if groups else _flat_test(test_root, loose, masks)
     if not test:
-        raise PadimError(f"{test_root}: no test images ({', '.join(IMAGE_SUFFIXES)})")
+        raise InputError(f"{test_root}: no test images ({', '.join(IMAGE_SUFFIXES)})")
     return Split(name, train, test)
 
 
@@ -378,7 +378,7 @@ def _grouped_test(test_root: Path, groups: list[Path], mask_dir: Path | None) ->
                 mask = _find_mask(mask_dir, relative)
                 if mask is None:
                     expected = mask_dir / relative.with_name(relative.stem + MASK_SUFFIX)
-                    raise PadimError(f"{expected}: missing ground-truth mask for test image {image}")
+                    raise InputError(f"{expected}: missing ground-truth mask for test image {image}")
             samples.append(Sample(image, 1, group.name, MaskRef(mask) if mask else None))
     return samples
 
@@ -386,7 +386,7 @@ def _grouped_test(test_root: Path, groups: list[Path], mask_dir: Path | None) ->
 def _flat_test(test_root: Path, images: list[Path], mask_dir: Path | None) -> list[Sample]:
     """Samples from a flat folder, labelled by their masks."""
     if images and mask_dir is None:
-        raise PadimError(f"{test_root}: a flat test folder needs mask_dir to tell good from defective images "
+        raise InputError(f"{test_root}: a flat test folder needs mask_dir to tell good from defective images "
                          f"(or sort the images into good/ and <defect>/ subfolders)")
     samples = []
     for image in images:
@@ -405,7 +405,7 @@ def image_shape(path: PathLike) -> tuple[int, int]:
     """(height, width) of an image file once upright (EXIF orientation), read from its header without decoding."""
     path = Path(path)
     if not path.is_file():
-        raise PadimError(f"{path}: no such image file")
+        raise InputError(f"{path}: no such image file")
     with open_image(path, str(path), max_pixels=None) as img:
         return oriented_size(img, str(path))
 
@@ -446,15 +446,15 @@ def _check_nonaligned(image: torch.Tensor, mask: np.ndarray | None, resize: int,
     """Validate nonaligned's arguments."""
     if not isinstance(image, torch.Tensor) or image.ndim != 3 or image.shape[0] != 3:
         shape = tuple(image.shape) if hasattr(image, "shape") else type(image).__name__
-        raise PadimError(f"nonaligned: expected a (3, H, W) image tensor, got {shape}")
+        raise InputError(f"nonaligned: expected a (3, H, W) image tensor, got {shape}")
     if mask is not None and tuple(np.shape(mask)) != tuple(image.shape[1:]):
-        raise PadimError(
+        raise InputError(
             f"nonaligned: mask shape {tuple(np.shape(mask))} differs from image size {tuple(image.shape[1:])}"
         )
     if not 1 <= crop <= resize:
-        raise PadimError(f"nonaligned: crop {crop} must be between 1 and the resize {resize}")
+        raise InputError(f"nonaligned: crop {crop} must be between 1 and the resize {resize}")
     if not max_degrees >= 0:
-        raise PadimError(f"nonaligned: max_degrees must be >= 0, got {max_degrees}")
+        raise InputError(f"nonaligned: max_degrees must be >= 0, got {max_degrees}")
 
 
 def _resize_image(image: torch.Tensor, size: int) -> torch.Tensor:
