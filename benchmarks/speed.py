@@ -105,7 +105,7 @@ def taps_floor(model, engine: str) -> float:
 
     from padim.engine import optimised
 
-    size = model.preprocess_.output_size
+    size = model.preprocessing.output_size
     x = torch.randn(BATCH, 3, *size, generator=torch.Generator().manual_seed(0))
 
     class Taps(torch.nn.Module):

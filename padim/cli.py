@@ -305,13 +305,13 @@ def preset_sizes(args: argparse.Namespace) -> tuple[Any, Any]:
 
 def _as_options(call: Any) -> Any:
     """call(), with parameter errors naming the command-line option (--image-size) instead of image_size."""
-    from padim.utils.constraints import PARAMETER_CONSTRAINTS
+    from padim.utils.constraints import PADIM_CONSTRAINTS
 
     try:
         return call()
     except PadimError as exc:
         name, _, rest = str(exc).partition(" ")
-        if name in PARAMETER_CONSTRAINTS:
+        if name in PADIM_CONSTRAINTS:
             raise PadimError(f"--{name.replace('_', '-')} {rest}") from None
         raise
 
@@ -319,10 +319,10 @@ def _as_options(call: Any) -> Any:
 def cmd_calibrate(args: argparse.Namespace) -> None:
     """padim calibrate."""
     from padim.utils.atomic import check_writable
-    from padim.utils.constraints import PARAMETER_CONSTRAINTS, check_value
+    from padim.utils.constraints import PADIM_CONSTRAINTS, check_value
     from padim.model import PaDiM
 
-    check_value("--fpr", args.fpr, PARAMETER_CONSTRAINTS["fpr"])
+    check_value("--fpr", args.fpr, PADIM_CONSTRAINTS["fpr"])
     check_writable(args.output or args.model)
     model = PaDiM.load(args.model, weights=args.weights, device=args.device, engine=args.engine, threads=args.threads,
                        batch_size=args.batch_size, verbose=not args.quiet, max_pixels=args.max_pixels)
@@ -618,7 +618,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     data = external_data_path(out) if read_metadata(out)["onnx"]["external_data"] else None
     size = out.stat().st_size + (data.stat().st_size if data else 0)
     check = verify_onnx(model, out)
-    h, w = model.preprocess_.output_size
+    h, w = model.preprocessing.output_size
     print(f"exported {args.model} -> {out} ({size / 1e6:.1f} MB, opset {args.opset}, input image [batch, 3, {h}, {w}]); "
           f"metadata also in {sidecar_path(out)}")
     print(f"max |diff| vs PyTorch on a random batch of {check['batch_size']}: anomaly map {check['map_max_abs_diff']:.3g} "

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from padim import paper
-from padim.errors import ImageTooLarge, PadimError
+from padim.errors import ImageTooLarge, InputError, PadimError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # The only formats decoded anywhere (files, masks, uploads): plain raster formats. Pillow knows many more,
@@ -41,7 +41,7 @@ def as_size(value: int | Sequence[int] | None) -> Size | None:
         value = (int(value), int(value))
     size = tuple(int(v) for v in value)
     if len(size) != 2 or min(size) < 1:
-        raise PadimError(f"image size must be a positive int or (height, width), got {value!r}")
+        raise InputError(f"image size must be a positive int or (height, width), got {value!r}")
     return size  # type: ignore[return-value]
 
 
@@ -58,7 +58,12 @@ class Preprocess:
         if self.crop_size is not None and (
             self.crop_size[0] > self.image_size[0] or self.crop_size[1] > self.image_size[1]
         ):
-            raise PadimError(f"crop size {self.crop_size} is larger than image size {self.image_size}")
+            raise InputError(f"crop size {self.crop_size} is larger than image size {self.image_size}")
+
+    @classmethod
+    def from_sizes(cls, image_size: int | Sequence[int], crop_size: int | Sequence[int] | None) -> "Preprocess":
+        """The pipeline for an int or (height, width) image size and crop size (None: no crop)."""
+        return cls(as_size(image_size), as_size(crop_size))  # type: ignore[arg-type]
 
     @property
     def output_size(self) -> Size:
@@ -136,7 +141,7 @@ def full_frame_size(height: int, width: int, area: int = paper.MVTEC_CROP**2, mu
     about `area` pixels (the paper's 224 x 224 crop: the same positions, memory and time), sides a
     multiple of 32 (the deepest stride of the backbones, so the feature grid divides evenly)."""
     if min(height, width) < 1:
-        raise PadimError(f"frame size must be positive, got {height}x{width}")
+        raise InputError(f"frame size must be positive, got {height}x{width}")
     scale = math.sqrt(area / (height * width))
     return tuple(max(multiple, round(n * scale / multiple) * multiple) for n in (height, width))  # type: ignore[return-value]
 
@@ -173,12 +178,12 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     """Visible image files directly inside a folder, sorted by name (hidden and AppleDouble files skipped)."""
     path = Path(folder)
     if not path.exists():
-        raise PadimError(f"{path}: no such file or folder")
+        raise InputError(f"{path}: no such file or folder")
     if not path.is_dir():
-        raise PadimError(f"{path}: not a folder")
+        raise InputError(f"{path}: not a folder")
     files = sorted(image_files(path))
     if not files:
-        raise PadimError(f"{path}: folder has no images ({', '.join(IMAGE_SUFFIXES)})")
+        raise InputError(f"{path}: folder has no images ({', '.join(IMAGE_SUFFIXES)})")
     return files
 
 
@@ -187,7 +192,7 @@ def check_max_pixels(max_pixels: int | None) -> int | None:
     if max_pixels is None:
         return None
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1:
-        raise PadimError(f"max_pixels must be a positive integer or None, got {max_pixels!r}")
+        raise InputError(f"max_pixels must be a positive integer or None, got {max_pixels!r}")
     return int(max_pixels)
 
 
@@ -199,12 +204,12 @@ def decode_errors(name: str) -> Iterator[None]:
     except PadimError:
         raise
     except UnidentifiedImageError:
-        raise PadimError(f"{name}: not a readable image (unsupported format or corrupt; "
+        raise InputError(f"{name}: not a readable image (unsupported format or corrupt; "
                          f"accepted: {', '.join(RASTER_FORMATS)})") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLarge(f"{name}: {exc} (Pillow's limit, PIL.Image.MAX_IMAGE_PIXELS)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise PadimError(f"{name}: corrupt or truncated image ({exc})") from None
+        raise InputError(f"{name}: corrupt or truncated image ({exc})") from None
 
 
 @contextmanager
@@ -273,9 +278,9 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
     """Decode an image file into a (3, H, W) float32 tensor in [0, 1], upright by its EXIF orientation."""
     path = Path(path)
     if not path.is_file():
-        raise PadimError(f"{path}: no such image file")
+        raise InputError(f"{path}: no such image file")
     if path.stat().st_size == 0:
-        raise PadimError(f"{path}: empty file")
+        raise InputError(f"{path}: empty file")
     with open_image(path, str(path), max_pixels, warn) as img:
         load_upright(img, str(path), warn)
         with decode_errors(str(path)):
@@ -288,7 +293,7 @@ def pil_to_tensor(img: Image.Image, name: str) -> torch.Tensor:
         # 16-bit (and PNG-16 read as 32-bit 'I'): PIL's convert("RGB") would clip at 255.
         pixels = np.asarray(img)
         if pixels.size and (pixels.min() < 0 or pixels.max() > 65535):
-            raise PadimError(f"{name}: 32-bit integer pixels outside the 16-bit range are not supported")
+            raise InputError(f"{name}: 32-bit integer pixels outside the 16-bit range are not supported")
         return array_to_tensor(pixels.astype(np.uint16), name)
     if img.mode == "F":
         return array_to_tensor(np.asarray(img, dtype=np.float32), name)
@@ -304,11 +309,11 @@ def array_to_tensor(array: np.ndarray, name: str) -> torch.Tensor:
     if array.ndim == 2:
         array = array[:, :, None]
     if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
-        raise PadimError(
+        raise InputError(
             f"{name}: expected an HxW or HxWxC image with 1, 3 or 4 channels, got shape {tuple(array.shape)}"
         )
     if array.shape[0] == 0 or array.shape[1] == 0:
-        raise PadimError(f"{name}: empty image (shape {tuple(array.shape)})")
+        raise InputError(f"{name}: empty image (shape {tuple(array.shape)})")
     rgb = _unit_range(array[:, :, :3], name)  # a 4th channel is alpha: it carries no appearance
     if rgb.shape[2] == 1:
         rgb = np.repeat(rgb, 3, axis=2)
@@ -323,7 +328,7 @@ def tensor_to_tensor(tensor: torch.Tensor, name: str) -> torch.Tensor:
     if t.ndim == 2:
         t = t[None]
     if t.ndim != 3 or t.shape[0] not in (1, 3, 4):
-        raise PadimError(
+        raise InputError(
             f"{name}: expected an HxW or CxHxW tensor with 1, 3 or 4 channels, got shape {tuple(tensor.shape)}"
         )
     return array_to_tensor(t.permute(1, 2, 0).numpy(), name)
@@ -336,18 +341,18 @@ def _unit_range(pixels: np.ndarray, name: str) -> np.ndarray:
     if pixels.dtype == np.uint16:
         return (pixels.astype(np.float64) / 65535.0).astype(np.float32)
     if pixels.dtype.kind in "iu":
-        raise PadimError(f"{name}: integer pixels must be uint8 or uint16, got {pixels.dtype}")
+        raise InputError(f"{name}: integer pixels must be uint8 or uint16, got {pixels.dtype}")
     if pixels.dtype == np.bool_:
         return pixels.astype(np.float32)
     if pixels.dtype.kind == "f":
         out = pixels.astype(np.float32)
         if not np.isfinite(out).all():
-            raise PadimError(f"{name}: image contains NaN or infinite values")
+            raise InputError(f"{name}: image contains NaN or infinite values")
         lo, hi = float(out.min()), float(out.max())
         if lo < -1e-3 or hi > 1.0 + 1e-3:
-            raise PadimError(f"{name}: float pixels must lie in [0, 1], found [{lo:.4g}, {hi:.4g}]")
+            raise InputError(f"{name}: float pixels must lie in [0, 1], found [{lo:.4g}, {hi:.4g}]")
         return np.clip(out, 0.0, 1.0)
-    raise PadimError(f"{name}: unsupported pixel type {pixels.dtype}")
+    raise InputError(f"{name}: unsupported pixel type {pixels.dtype}")
 
 
 @dataclass(frozen=True)
@@ -374,7 +379,7 @@ def as_items(images: Any) -> list[Item]:
     if isinstance(images, (str, os.PathLike)):
         path = Path(images)
         if not path.exists():
-            raise PadimError(f"{path}: no such file or folder")
+            raise InputError(f"{path}: no such file or folder")
         files = list_images(path) if path.is_dir() else [path]
         return [Item(str(p), p) for p in files]
     if isinstance(images, np.ndarray) and images.ndim == 4:
@@ -384,7 +389,7 @@ def as_items(images: Any) -> list[Item]:
     if isinstance(images, (Image.Image, np.ndarray, torch.Tensor)):
         images = [images]
     if not isinstance(images, Sequence) and not hasattr(images, "__iter__"):
-        raise PadimError(f"cannot read images from a {type(images).__name__}")
+        raise InputError(f"cannot read images from a {type(images).__name__}")
     items = []
     for i, obj in enumerate(images):
         if isinstance(obj, Item):
@@ -394,9 +399,9 @@ def as_items(images: Any) -> list[Item]:
         elif isinstance(obj, (Image.Image, np.ndarray, torch.Tensor)):
             items.append(Item(f"{type(obj).__name__}[{i}]", obj))
         else:
-            raise PadimError(f"input {i}: cannot read an image from a {type(obj).__name__}")
+            raise InputError(f"input {i}: cannot read an image from a {type(obj).__name__}")
     if not items:
-        raise PadimError("no images given")
+        raise InputError("no images given")
     return items
 
 
@@ -432,7 +437,7 @@ def iter_batches(
 ) -> Iterator[Batch]:
     """Yield preprocessed batches; with decoding threads, the next batch is decoded during the caller's work."""
     if batch_size < 1:
-        raise PadimError(f"batch size must be >= 1, got {batch_size}")
+        raise InputError(f"batch size must be >= 1, got {batch_size}")
     check_max_pixels(max_pixels)
     chunks = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
     threads = decode_threads(workers)
@@ -463,7 +468,7 @@ def check_finite(values: torch.Tensor, batch: Batch, problem: str = "backbone pr
     bad = ~torch.isfinite(values.reshape(len(batch.names), -1)).all(dim=1)
     if bool(bad.any()):
         names = [n for n, b in zip(batch.names, bad.tolist()) if b]
-        raise PadimError(f"{names[0]}: {problem} ({len(names)} image(s) in batch)")
+        raise InputError(f"{names[0]}: {problem} ({len(names)} image(s) in batch)")
 
 
 def n_batches(n_items: int, batch_size: int) -> int:

@@ -153,7 +153,7 @@ class Plan:
 
 def make_plan(model: "PaDiM", n_images: int, measure: bool = True) -> Plan:
     """The plan of a model whose network is built (PaDiM.plan builds it); measure=False skips the probe."""
-    net, pre = model.net_, model.preprocess_
+    net, pre = model.net_, model.preprocessing
     p = net.grid[0] * net.grid[1]
     d = model.n_components_ if model.reduction == "pca" else int(model.channel_indices_.numel())
     n_total = sum(model.backbone_.channels)
@@ -220,7 +220,7 @@ def _probe_engine(model: "PaDiM", batch: int, before: int) -> tuple[int, float]:
     """(peak memory beyond `before` of building and running the engine, seconds per image), on zeros."""
     reset_peak_rss()
     engine = model.engine_for_device()
-    x = torch.zeros(batch, 3, *model.preprocess_.output_size)
+    x = torch.zeros(batch, 3, *model.preprocessing.output_size)
     with torch.no_grad():
         seconds = _best_time(lambda: engine(x), repeat=2) / batch
     return max(0, int(peak_rss_mb() * MB) - before), seconds

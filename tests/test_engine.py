@@ -77,7 +77,7 @@ def demo_figures(category, model: PaDiM) -> tuple[np.ndarray, np.ndarray, float,
     """Maps, scores, image AUROC and pixel AUROC of a model on a miniature demo category."""
     train, test, mask_paths = load_split(category)
     pred = model.fit(train).predict(test)
-    masks = [model.preprocess_.mask(np.asarray(Image.open(m))) if m else np.zeros(pred.maps.shape[1:], bool)
+    masks = [model.preprocessing.mask(np.asarray(Image.open(m))) if m else np.zeros(pred.maps.shape[1:], bool)
              for m in mask_paths]
     labels = [m is not None for m in mask_paths]
     return pred.maps, pred.scores, image_auroc(labels, pred.scores), pixel_auroc(masks, pred.maps)
@@ -86,13 +86,13 @@ def demo_figures(category, model: PaDiM) -> tuple[np.ndarray, np.ndarray, float,
 def reference_maps(model: PaDiM, images) -> np.ndarray:
     """Yesterday's path: eager taps, resize-based embedding, float64 Mahalanobis, bicubic resize, conv blur."""
     net = model.net_
-    pixels = torch.stack([model.preprocess_(pil_to_tensor(Image.open(p), str(p))) for p in images])
+    pixels = torch.stack([model.preprocessing(pil_to_tensor(Image.open(p), str(p))) for p in images])
     with torch.no_grad():
         emb = embed(net.extractor(pixels), net.features.kept).double()  # (B, d, h, w)
     x = emb.flatten(2).permute(2, 0, 1) - model.mean_[:, None, :]  # float64 centring
     w = model.precision_cholesky_.double()
     dist = torch.einsum("pij,pbj->pbi", w, x).square().sum(-1).sqrt().T.reshape(len(images), *net.grid)
-    return anomaly_maps(dist, model.preprocess_.output_size, model.sigma).float().numpy()
+    return anomaly_maps(dist, model.preprocessing.output_size, model.sigma).float().numpy()
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,7 @@ def test_demo_maps_and_auroc_equal_the_float64_path_with_every_engine(name, demo
     scale = float(ref.max() - ref.min())
     assert float(np.abs(maps - ref).max()) <= 1e-4 * scale
     labels = [m is not None for m in mask_paths]
-    masks = [model.preprocess_.mask(np.asarray(Image.open(m))) if m else np.zeros(ref.shape[1:], bool) for m in mask_paths]
+    masks = [model.preprocessing.mask(np.asarray(Image.open(m))) if m else np.zeros(ref.shape[1:], bool) for m in mask_paths]
     assert abs(img_auc - image_auroc(labels, ref.reshape(len(ref), -1).max(1))) <= 1e-4
     assert abs(pix_auc - pixel_auroc(masks, ref)) <= 1e-4
 

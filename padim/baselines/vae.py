@@ -22,10 +22,12 @@ from torch import nn
 from padim import paper
 from padim.backbone import WeightSource, build_backbone, state_sha256
 from padim.data import Item, Preprocess, as_items, check_finite, iter_batches, n_batches
-from padim.errors import PadimError
+from padim.errors import InputError, PadimError
 from padim.modelfile import FileKind, read_model, write_model
 from padim.model import Prediction
 from padim.scoring import gaussian_blur, image_scores
+from padim.utils.constraints import (COMMON_CONSTRAINTS, NON_NEGATIVE, NONE, PATH, POSITIVE, POSITIVE_INT, SIDE, Check,
+                                    multiple_of, validate_params)
 
 STRIDE = 32  # ResNet18's layer4 stride: paper.VAE_CROP / STRIDE == paper.VAE_LATENT_GRID
 # Decoder widths, latent -> image: ResNet18's layer4, layer3, layer2, layer1 and stem widths, then 32.
@@ -162,19 +164,102 @@ def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, 
 
 
 # ----------------------------------------------------------------------------- estimator
+def _check_nested_sizes(crop_size: int, random_crop: int, resize: int) -> None:
+    """Each crop lies inside the image it is cut from: crop_size <= random_crop <= resize."""
+    if not crop_size <= random_crop <= resize:
+        raise InputError(f"sizes must satisfy crop_size <= random_crop <= resize, got "
+                         f"{crop_size}, {random_crop}, {resize}")
+
+
+def _check_checkpoint_folder(checkpoint: str | None) -> None:
+    """The checkpoint's folder exists (found now, not after the first epoch)."""
+    folder = Path(checkpoint).parent if checkpoint is not None else None
+    if folder is not None and not folder.is_dir():
+        raise InputError(f"{checkpoint}: cannot write a checkpoint, folder {folder} does not exist")
+
+
 class VAE:
     """The PaDiM paper's VAE baseline: ResNet18 encoder, 8x8 convolutional latent, pixel-wise L2 reconstruction error.
 
     Defaults follow the paper (Section IV-B): each epoch draws `n_train` augmented samples of the
-    training images; Adam; anomaly map = L2 error, unsmoothed (sigma=0). `latent_channels` is ours
-    (the paper does not give it). `weights`: None finds ImageNet ResNet18 weights offline, a path
-    reads a file, "random" gives seeded random weights (tests only). `checkpoint`: a file saved after
-    every epoch and resumed from by fit() when its hyper-parameters match.
+    training images; Adam; anomaly map = L2 error, unsmoothed (sigma=0).
+
+    Parameters
+    ----------
+    latent_channels : int
+        Channels of the latent grid (ours: the paper does not give it).
+    n_train : int
+        Augmented samples drawn per epoch.
+    epochs : int
+        Training epochs.
+    batch_size : int
+        Samples per optimisation step (and images per forward pass when predicting).
+    learning_rate : float
+        Adam's learning rate.
+    max_degrees : float
+        Largest rotation of the augmentation, either way.
+    resize : int
+        Side images are resized to.
+    random_crop : int
+        Side of the augmentation's random crop of the resized image.
+    crop_size : int
+        Side of the center crop of the random crop (training) or of the resized image (testing);
+        a multiple of 32, the encoder's stride.
+    sigma : float
+        Standard deviation, in pixels, of the Gaussian that smooths the maps (0: none).
+    weights : str or None
+        None finds ImageNet ResNet18 weights offline, a path reads a file, "random" gives seeded
+        random weights (tests only).
+    checkpoint : str or None
+        A file saved after every epoch and resumed from by fit() when its hyper-parameters match.
+    device : str
+        Torch device.
+    seed : int
+        Seed of the weights, the augmentation and the latent samples.
+    workers : int or None
+        Background threads decoding images; None: padim.data.decode_threads decides.
+    verbose : bool
+        Progress bar on stderr.
+
+    Attributes
+    ----------
+    preprocessing : Preprocess
+        Test-time resize, center crop and normalisation (exists before fit).
+    net_ : PaperVAE
+        The trained network.
+    weight_source_ : dict
+        Where the encoder's initial weights came from (padim.backbone.WeightSource.to_dict).
+    epochs_done_ : int
+        Epochs trained, resumed ones included.
+    losses_ : list of float
+        Mean loss per image of every epoch.
     """
+
+    _parameter_constraints = {
+        "latent_channels": [POSITIVE_INT],
+        "n_train": [POSITIVE_INT],
+        "epochs": [POSITIVE_INT],
+        "batch_size": [POSITIVE_INT],
+        "learning_rate": [POSITIVE],
+        "max_degrees": [NON_NEGATIVE],
+        "resize": [SIDE],
+        "random_crop": [SIDE],
+        "crop_size": [multiple_of(STRIDE, "the encoder's stride")],
+        "sigma": [NON_NEGATIVE],
+        "weights": COMMON_CONSTRAINTS["weights"],
+        "checkpoint": [NONE, PATH],
+        "device": COMMON_CONSTRAINTS["device"],
+        "seed": COMMON_CONSTRAINTS["seed"],
+        "workers": COMMON_CONSTRAINTS["workers"],
+        "verbose": COMMON_CONSTRAINTS["verbose"],
+    }
+    _parameter_checks = (Check(_check_nested_sizes, ("crop_size", "random_crop", "resize")),
+                         Check(_check_checkpoint_folder, ("checkpoint",)))
 
     def __init__(
         self,
         latent_channels: int = 128,
+        *,
         n_train: int = paper.VAE_TRAIN_IMAGES,
         epochs: int = paper.VAE_EPOCHS,
         batch_size: int = paper.VAE_BATCH_SIZE,
@@ -209,28 +294,13 @@ class VAE:
         self.verbose = verbose
 
     @property
-    def preprocess_(self) -> Preprocess:
+    def preprocessing(self) -> Preprocess:
         """Test-time preprocessing: resize, center crop (256/292 ~ PaDiM's 224/256), ImageNet normalisation."""
-        return Preprocess(image_size=(self.resize, self.resize), crop_size=(self.crop_size, self.crop_size))
+        return Preprocess.from_sizes(self.resize, self.crop_size)
 
     def _check_params(self) -> None:
-        """Reject parameter values that cannot work, before any image is read."""
-        for name in ("latent_channels", "n_train", "epochs", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or value < 1:
-                raise PadimError(f"{name} must be a positive integer, got {value!r}")
-        if not self.learning_rate > 0:
-            raise PadimError(f"learning_rate must be positive, got {self.learning_rate!r}")
-        if self.max_degrees < 0 or self.sigma < 0:
-            raise PadimError(f"max_degrees and sigma must be >= 0, got {self.max_degrees!r} and {self.sigma!r}")
-        if not self.crop_size <= self.random_crop <= self.resize:
-            raise PadimError(f"sizes must satisfy crop_size <= random_crop <= resize, got "
-                             f"{self.crop_size}, {self.random_crop}, {self.resize}")
-        if self.crop_size % STRIDE:
-            raise PadimError(f"crop_size must be a multiple of {STRIDE} (the encoder's stride), got {self.crop_size}")
-        folder = Path(self.checkpoint).parent if self.checkpoint is not None else None
-        if folder is not None and not folder.is_dir():  # found now, not after the first epoch
-            raise PadimError(f"{self.checkpoint}: cannot write a checkpoint, folder {folder} does not exist")
+        """Reject parameter values that cannot work, before any image is read (see padim.utils.constraints)."""
+        validate_params(self)
 
     def _is_fitted(self) -> bool:
         return getattr(self, "epochs_done_", 0) > 0
@@ -372,7 +442,7 @@ class VAE:
         items = as_items(images)
         names, scores, maps = [], [], []
         self.net_.eval()
-        batches = iter_batches(items, self.preprocess_, self.batch_size, self.workers)
+        batches = iter_batches(items, self.preprocessing, self.batch_size, self.workers)
         bar = tqdm(batches, total=n_batches(len(items), self.batch_size), desc="predict", unit="batch",
                    disable=not self.verbose, leave=False)
         with torch.no_grad():

@@ -166,7 +166,7 @@ def render_overlay(image: DecodedImage, anomaly_map: np.ndarray, model: Any, vmi
 
     assert image.display is not None
     size = image.display.shape[:2]
-    amap = model.preprocess_.to_original(torch.from_numpy(np.asarray(anomaly_map))[None], size)[0].numpy()
+    amap = model.preprocessing.to_original(torch.from_numpy(np.asarray(anomaly_map))[None], size)[0].numpy()
     panel = side_by_side(image.display, heatmap_overlay(image.display, amap, vmin=vmin, vmax=vmax, threshold=threshold))
     buf = io.BytesIO()
     Image.fromarray(panel).save(buf, format="PNG")
@@ -402,7 +402,7 @@ def _client_address(request: Request) -> str:
 
 # --------------------------------------------------------------------------------------- the app
 def _describe(model: Any) -> dict[str, Any]:
-    pre = model.preprocess_
+    pre = model.preprocessing
     calibration = getattr(model, "calibration_", None)
     return {
         "model": model.backbone_.name,
@@ -540,7 +540,7 @@ def create_app(
             data, name = await _receive(request, client)
             want_png = overlay or response_format == "png"
             image = await loop.run_in_executor(
-                decode_pool, decode_image, data, name, max_pixels, model.preprocess_.image_size,
+                decode_pool, decode_image, data, name, max_pixels, model.preprocessing.image_size,
                 max_overlay_side if want_png else None)
             del data
             try:

@@ -44,7 +44,7 @@ def run_texture(root: Path, texture: str, verbose: bool, seed: int = 0) -> DemoR
     t1 = time.perf_counter()
     pred = model.predict(test)
     t2 = time.perf_counter()
-    pre = model.preprocess_
+    pre = model.preprocessing
     masks = [pre.mask(np.asarray(Image.open(m))) if m else np.zeros(pred.maps.shape[1:], bool) for m in mask_paths]
     labels = [m is not None for m in mask_paths]
     write_overlays(root / "overlays" / texture, model, test, pred.maps, masks, pred.scores)
@@ -57,7 +57,7 @@ def write_overlays(folder: Path, model: PaDiM, paths: list[Path], maps: np.ndarr
     """Save 'image | heat map with ground-truth contour' PNGs, named by score rank, on one colour scale."""
     vmin, vmax = float(np.nanmin(maps)), float(np.nanmax(maps))
     for rank, i in enumerate(np.argsort(-scores)):
-        rgb = (model.preprocess_.resized(read_image(paths[i])).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        rgb = (model.preprocessing.resized(read_image(paths[i])).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         panel = heatmap_overlay(rgb, maps[i], vmin=vmin, vmax=vmax, mask=masks[i])
         save_png(folder / f"{rank:03d}_{paths[i].parent.name}_{paths[i].stem}.png", side_by_side(rgb, panel))
 

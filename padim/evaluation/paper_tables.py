@@ -17,7 +17,7 @@ import torch
 from padim import paper
 from padim.data import read_image
 from padim.evaluation.datasets import MVTEC_TEXTURES, Split, nonaligned, transform_masks
-from padim.errors import PadimError
+from padim.errors import InputError
 from padim.evaluation.metrics import au_pro, image_auroc, pixel_auroc
 from padim.model import PaDiM
 from padim.plan import peak_rss_mb, reset_peak_rss  # noqa: F401 - measured here, and by benchmarks/
@@ -94,7 +94,7 @@ def score_split(
 
 def evaluate(model: PaDiM, split: Split) -> dict[str, float]:
     """Metrics of a fitted model on a split's test set (masks transformed like the images)."""
-    masks = transform_masks(split.test, model.preprocess_)
+    masks = transform_masks(split.test, model.preprocessing)
 
     def predict(images: list) -> tuple[np.ndarray, np.ndarray]:
         pred = model.predict(images)
@@ -136,7 +136,7 @@ class Options:
 
 
 def _models(config: Config, options: Options, seed: int, tag: str = "") -> list[Any]:
-    """The model (or, for layer-sum, the single-layer models) of a configuration; fit/predict/preprocess_ alike."""
+    """The model (or, for layer-sum, the single-layer models) of a configuration; fit/predict/preprocessing alike."""
     size, crop = options.image_size, options.crop_size
     if options.non_aligned:  # images arrive already resized, rotated and cropped
         size, crop = paper.MVTEC_CROP, None
@@ -158,7 +158,7 @@ def _vae(options: Options, tag: str, seed: int, common: dict[str, Any]) -> Any:
     from padim.baselines.vae import VAE
 
     if options.non_aligned:
-        raise PadimError("the non-aligned protocol (Section V-C) is defined for PaDiM and SPADE, not for the VAE")
+        raise InputError("the non-aligned protocol (Section V-C) is defined for PaDiM and SPADE, not for the VAE")
     checkpoint = None
     if options.checkpoints:
         os.makedirs(options.checkpoints, exist_ok=True)
@@ -189,7 +189,7 @@ def run_category(config: Config, split: Split, options: Options) -> CategoryResu
             train, test, masks = _nonaligned_inputs(split, seed)
         else:
             train, test = list(split.train), [s.image for s in split.test]
-            masks = transform_masks(split.test, models[0].preprocess_)
+            masks = transform_masks(split.test, models[0].preprocessing)
         reset_peak_rss()
         t0 = time.perf_counter()
         for model in models:
@@ -309,7 +309,7 @@ def results_json(config: Config, results: list[CategoryResult], options: Options
 def config_for(name: str) -> Config:
     """A configuration by its paper name."""
     if name not in CONFIGS:
-        raise PadimError(f"unknown config {name!r}: choose one of {', '.join(CONFIGS)}")
+        raise InputError(f"unknown config {name!r}: choose one of {', '.join(CONFIGS)}")
     return CONFIGS[name]
 
 

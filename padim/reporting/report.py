@@ -630,7 +630,7 @@ def report_from_files(
     from padim.evaluation.datasets import image_shape
 
     paths, samples = collect_inputs(inputs, masks_dir)
-    pre = model.preprocess_
+    pre = model.preprocessing
     prediction = model.predict(paths, image_threshold=image_threshold, pixel_threshold=pixel_threshold)
     masks = [None if s is None else pre.mask(s.load_mask(image_shape(s.image))) for s in samples]
     known = [s is not None for s in samples]

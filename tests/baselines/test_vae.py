@@ -54,8 +54,8 @@ def test_paper_size_gives_8x8_latent_and_full_reconstruction() -> None:
     assert logvar.shape == mu.shape
     assert tuple(recon.shape) == (1, 3, paper.VAE_CROP, paper.VAE_CROP)
     assert source.kind == "random" and source.seed == 0
-    assert VAE().preprocess_.output_size == (paper.VAE_CROP, paper.VAE_CROP)
-    assert VAE().preprocess_.image_size == (paper.VAE_RESIZE, paper.VAE_RESIZE)
+    assert VAE().preprocessing.output_size == (paper.VAE_CROP, paper.VAE_CROP)
+    assert VAE().preprocessing.image_size == (paper.VAE_RESIZE, paper.VAE_RESIZE)
 
 
 def test_network_is_fully_convolutional_and_seeded() -> None:
@@ -201,7 +201,7 @@ def test_crash_while_saving_keeps_the_previous_checkpoint(
 def test_map_is_the_pixelwise_l2_reconstruction_error(fitted: VAE, texture_set: Path) -> None:
     paths = sorted((texture_set / "test").glob("[!g]*/*.png"))[:3]
     pred = fitted.predict(paths)
-    x = torch.stack([fitted.preprocess_(read_image(p)) for p in paths])
+    x = torch.stack([fitted.preprocessing(read_image(p)) for p in paths])
     net = fitted.net_.eval()
     with torch.no_grad():
         recon = net.decode(net.encode(x)[0])  # the latent mean

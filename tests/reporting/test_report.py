@@ -68,7 +68,7 @@ def inspected(texture_set: Path):
         model = PaDiM(**TINY, holdout=0.25).fit(texture_set / "train" / "good")
     split = mvtec_category(texture_set.parent, texture_set.name)
     pred = model.predict(split.test_images)
-    masks = transform_masks(split.test, model.preprocess_)
+    masks = transform_masks(split.test, model.preprocessing)
     images = [np.asarray(Image.open(p).convert("RGB").resize((64, 64), Image.Resampling.BICUBIC))
               for p in split.test_images]
     return model, split, pred, masks, images
