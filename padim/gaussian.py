@@ -68,8 +68,8 @@ def row_blocks(dim: int) -> list[tuple[int, int, int]]:
     return blocks
 
 
-def triangle_size(dim: int) -> int:
-    """Numbers stored per position for a d x d symmetric matrix in row blocks."""
+def row_blocks_numel(dim: int) -> int:
+    """Numbers stored per position for a d x d symmetric matrix in row blocks (more than d(d+1)/2, see row_blocks)."""
     r0, r1, offset = row_blocks(dim)[-1]
     return offset + (r1 - r0) * r1
 
@@ -86,7 +86,7 @@ class GaussianStats:
 
     n: int
     mean: torch.Tensor  # (P, d) float64
-    scatter: torch.Tensor  # (P, triangle_size(d)) float64, lower triangles in row blocks
+    scatter: torch.Tensor  # (P, row_blocks_numel(d)) float64, lower triangles in row blocks
 
     @classmethod
     def empty(cls, n_positions: int, dim: int, device: torch.device | str = "cpu") -> "GaussianStats":
@@ -94,7 +94,7 @@ class GaussianStats:
         return cls(
             0,
             torch.zeros(n_positions, dim, dtype=STATS_DTYPE, device=device),
-            torch.zeros(n_positions, triangle_size(dim), dtype=STATS_DTYPE, device=device),
+            torch.zeros(n_positions, row_blocks_numel(dim), dtype=STATS_DTYPE, device=device),
         )
 
     @classmethod

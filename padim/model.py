@@ -31,7 +31,7 @@ from padim.frame import FrameModel, FrameStats, frame_contrast, frame_reasons
 from padim.gaussian import BatchBuffer, GaussianStats, precision_factor
 from padim.modelfile import read_model, write_model
 from padim.plan import Plan, make_plan
-from padim.scoring import image_scores, mahalanobis, patch_distances, smooth_maps, smoothing_matrices, split_mean
+from padim.scoring import image_scores, mahalanobis_distance, patch_distances, smooth_maps, smoothing_matrices, split_mean
 
 
 class PadimNet(nn.Module):
@@ -103,7 +103,7 @@ class PadimNet(nn.Module):
 
     def patch_distances(self, embedding: torch.Tensor) -> torch.Tensor:
         """Mahalanobis distance (B, h, w) of every patch of (B, d, h, w) embeddings to its position's Gaussian."""
-        return mahalanobis(embedding, self.mean, staircase.to_upper(self.factor).transpose(1, 2))
+        return mahalanobis_distance(embedding, self.mean, staircase.to_upper(self.factor).transpose(1, 2))
 
 
 @dataclass

@@ -184,7 +184,7 @@ def _require_dir(path: Path, what: str) -> Path:
     return path
 
 
-def _stride(value: int, name: str) -> int:
+def _check_stride(value: int, name: str) -> int:
     """Validate a frame stride."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise InputError(f"{name} must be a positive integer, got {value!r}")
@@ -260,7 +260,7 @@ def _not_mvtec_message(root: Path) -> str:
 def stc(root: PathLike, train_stride: int = 1, test_stride: int = 1) -> Split:
     """ShanghaiTech Campus: normal training frames, test frames with frame labels and pixel masks."""
     root = _require_dir(Path(root), "ShanghaiTech Campus root")
-    train_stride, test_stride = _stride(train_stride, "train_stride"), _stride(test_stride, "test_stride")
+    train_stride, test_stride = _check_stride(train_stride, "train_stride"), _check_stride(test_stride, "test_stride")
     return Split("stc", _stc_train(root, train_stride), _stc_test(root, test_stride))
 
 

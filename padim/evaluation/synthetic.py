@@ -34,14 +34,14 @@ def load_texture(name: str) -> np.ndarray:
     return photo
 
 
-def _split_rows(height: int) -> int:
+def _test_band_start(height: int) -> int:
     """First row of the test band; rows above it belong to the train band."""
     return int(height * TRAIN_FRACTION)
 
 
 def _crop_origin(height: int, width: int, size: int, split: str, rng: np.random.Generator) -> tuple[int, int]:
     """Random (top, left) of a size x size crop lying entirely inside the train or test band."""
-    boundary = _split_rows(height)
+    boundary = _test_band_start(height)
     lo, hi = (0, boundary - size) if split == "train" else (boundary, height - size)
     if hi < lo or width < size:
         raise InputError(f"crop size {size} does not fit in the {split} band of a {height}x{width} photo")
@@ -301,7 +301,7 @@ def make_inspection_set(
     if min(n_train, n_test_good, n_test_defect) < 0:
         raise InputError("image counts must not be negative")
     photo_height = load_texture(texture).shape[0]
-    largest = photo_height - _split_rows(photo_height)
+    largest = photo_height - _test_band_start(photo_height)
     if not MIN_SIZE <= size <= largest:
         raise InputError(f"size must be between {MIN_SIZE} and {largest} for the test band to hold a crop, got {size}")
     root = Path(root)
