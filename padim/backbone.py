@@ -295,6 +295,7 @@ class Backbone:
 
 def build_backbone(
     name: str = DEFAULT_BACKBONE,
+    *,
     layers: tuple[str, ...] | None = None,
     weights: str | os.PathLike | None = None,
     seed: int = 0,

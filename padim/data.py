@@ -136,7 +136,7 @@ class Preprocess:
         )
 
 
-def full_frame_size(height: int, width: int, area: int = paper.MVTEC_CROP**2, multiple: int = 32) -> Size:
+def full_frame_size(height: int, width: int, *, area: int = paper.MVTEC_CROP**2, multiple: int = 32) -> Size:
     """Backbone input size that covers a whole height x width frame (no crop): its aspect ratio kept,
     about `area` pixels (the paper's 224 x 224 crop: the same positions, memory and time), sides a
     multiple of 32 (the deepest stride of the backbones, so the feature grid divides evenly)."""
@@ -232,7 +232,8 @@ def pillow_warnings(name: str, warn: bool = True) -> Iterator[None]:
         warnings.warn(f"{name}: {'; '.join(dict.fromkeys(complaints))}", stacklevel=3)
 
 
-def open_image(source: Any, name: str, max_pixels: int | None = DEFAULT_MAX_PIXELS, warn: bool = True) -> Image.Image:
+def open_image(source: Any, name: str, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               warn: bool = True) -> Image.Image:
     """Open a path or binary file of an allowed raster format (header only) and check its pixel count."""
     max_pixels = check_max_pixels(max_pixels)
     with decode_errors(name), pillow_warnings(name, warn):
@@ -281,7 +282,7 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
         raise InputError(f"{path}: no such image file")
     if path.stat().st_size == 0:
         raise InputError(f"{path}: empty file")
-    with open_image(path, str(path), max_pixels, warn) as img:
+    with open_image(path, str(path), max_pixels=max_pixels, warn=warn) as img:
         load_upright(img, str(path), warn)
         with decode_errors(str(path)):
             return pil_to_tensor(img, str(path))
@@ -432,7 +433,7 @@ def decode_threads(workers: int | None) -> int:
 
 
 def iter_batches(
-    items: list[Item], preprocess: Preprocess, batch_size: int, workers: int | None = None,
+    items: list[Item], preprocess: Preprocess, batch_size: int, *, workers: int | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> Iterator[Batch]:
     """Yield preprocessed batches; with decoding threads, the next batch is decoded during the caller's work."""

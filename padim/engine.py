@@ -89,7 +89,7 @@ class Engine:
 class TorchEngine(Engine):
     """PyTorch eager, or (fast=True) with folded batch norm, static padding and channels_last."""
 
-    def __init__(self, module: TapEmbedding, size: tuple[int, int], device: torch.device, threads: int,
+    def __init__(self, module: TapEmbedding, size: tuple[int, int], device: torch.device, threads: int, *,
                  fast: bool) -> None:
         super().__init__(device, threads)
         self.name = "torch-fast" if fast else "torch"
@@ -346,8 +346,8 @@ def check_device(device: str | torch.device) -> None:
     raise InputError(f"device {str(device)!r} is not supported: use 'cpu', 'cuda', 'cuda:N' or 'mps'")
 
 
-def build_engine(module: TapEmbedding, size: tuple[int, int], name: str = AUTO, device: str | torch.device = "cpu",
-                 threads: int | None = None) -> Engine:
+def build_engine(module: TapEmbedding, size: tuple[int, int], *, name: str = AUTO,
+                 device: str | torch.device = "cpu", threads: int | None = None) -> Engine:
     """The first engine of `resolve(name)` that loads and matches torch eager on a probe batch."""
     dev = torch.device(device)
     threads = threads or available_cpus()

@@ -27,7 +27,7 @@ def pack_lower(matrices: torch.Tensor, chunk: int = 256) -> torch.Tensor:
     return torch.cat([m.reshape(m.shape[0], dim * dim)[:, flat] for m in matrices.split(chunk)])
 
 
-def unpack_lower(packed: torch.Tensor, dim: int, dtype: torch.dtype | None = None, chunk: int = 256,
+def unpack_lower(packed: torch.Tensor, dim: int, *, dtype: torch.dtype | None = None, chunk: int = 256,
                  transpose: bool = False) -> torch.Tensor:
     """Inverse of pack_lower (zeros above the diagonal), filled chunk by chunk to bound the working memory.
 
@@ -98,7 +98,7 @@ class GaussianStats:
         )
 
     @classmethod
-    def from_packed(cls, n: int, mean: torch.Tensor, packed: torch.Tensor, chunk: int = 256) -> "GaussianStats":
+    def from_packed(cls, n: int, mean: torch.Tensor, packed: torch.Tensor, *, chunk: int = 256) -> "GaussianStats":
         """Statistics from a mean and packed lower-triangle scatters (the model file's layout)."""
         stats = cls.empty(mean.shape[0], mean.shape[1], mean.device)
         stats.n = n

@@ -336,7 +336,7 @@ class PaDiM:
     def _init_network(self) -> None:
         """Build the backbone and draw the Rd channels (once, before the first batch)."""
         self._check_params()
-        backbone = build_backbone(self.backbone, self.layers, self.weights, self.seed)
+        backbone = build_backbone(self.backbone, layers=self.layers, weights=self.weights, seed=self.seed)
         n_total = sum(backbone.channels)
         n_features = self.n_features
         if n_features is None:
@@ -561,8 +561,8 @@ class PaDiM:
     def engine_for_device(self) -> Engine:
         """The engine running the backbone (built on first use: 'auto' measures nothing, it checks exactness)."""
         if getattr(self, "engine_", None) is None:
-            self.engine_ = build_engine(self.net_.features, self.preprocessing.output_size, self.engine,
-                                        self.device, self.threads)
+            self.engine_ = build_engine(self.net_.features, self.preprocessing.output_size, name=self.engine,
+                                        device=self.device, threads=self.threads)
             if self.verbose:
                 print(f"engine: {self.engine_.describe()}", file=sys.stderr)
         return self.engine_
@@ -577,7 +577,7 @@ class PaDiM:
             # Their threads run outside the GIL: one decoding thread overlaps them (+5-9% on 2 cores),
             # where beside torch's own OpenMP threads it costs a little.
             workers = 1
-        batches = iter_batches(items, self.preprocessing, self.batch_size, workers, self.max_pixels)
+        batches = iter_batches(items, self.preprocessing, self.batch_size, workers=workers, max_pixels=self.max_pixels)
         bar = tqdm(batches, total=n_batches(len(items), self.batch_size), desc=what, unit="batch",
                    disable=not self.verbose, leave=False)
         with torch.no_grad():
@@ -751,7 +751,7 @@ class PaDiM:
         model._check_params()
         if Preprocess.from_dict(pre) != model.preprocessing:
             raise PadimError(f"{path}: preprocessing in the file is not one this version can reproduce")
-        backbone = build_backbone(model.backbone, model.layers, weights, source.get("seed") or 0)
+        backbone = build_backbone(model.backbone, layers=model.layers, weights=weights, seed=source.get("seed") or 0)
         if backbone.source.sha256 != source["sha256"]:
             raise PadimError(
                 f"{path}: backbone weights differ from those the model was fitted with "

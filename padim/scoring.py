@@ -28,7 +28,7 @@ def centre_(x: torch.Tensor, mean_hi: torch.Tensor, mean_lo: torch.Tensor) -> to
 
 
 def patch_distances(embedding: torch.Tensor, stairs: list[torch.Tensor], mean_hi: torch.Tensor | None = None,
-                    mean_lo: torch.Tensor | None = None, chunk: int | None = None) -> torch.Tensor:
+                    mean_lo: torch.Tensor | None = None, *, chunk: int | None = None) -> torch.Tensor:
     """Mahalanobis distances (P, B) of positions-first (P, B, d) embeddings, given the stairs of U = W^T.
 
     With mean_hi/mean_lo (split_mean) the embeddings are centred first, in place. Row b of x_p U is

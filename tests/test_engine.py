@@ -45,7 +45,7 @@ def photos() -> torch.Tensor:
 def test_every_engine_reproduces_torch_eager_on_real_weights_and_photos(name, lite0, photos) -> None:
     with torch.no_grad():
         want = lite0(photos)  # (3136, 5, 176): every tap value, repeated over the first grid
-    engine = build_engine(lite0, SIZE, name)
+    engine = build_engine(lite0, SIZE, name=name)
     assert engine.name == name
     for batch in (photos[:1], photos):  # batch 1 and 5: static shapes compiled per batch size
         got = engine(batch).cpu()
@@ -97,7 +97,7 @@ def reference_maps(model: PaDiM, images) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def demo_category(tmp_path_factory):
-    return make_inspection_set(tmp_path_factory.mktemp("demo"), "gravel", 16, 6, 10, seed=0)
+    return make_inspection_set(tmp_path_factory.mktemp("demo"), "gravel", n_train=16, n_test_good=6, n_test_defect=10, seed=0)
 
 
 @pytest.mark.parametrize("name", ENGINES)
@@ -161,9 +161,9 @@ def test_auto_falls_back_with_a_one_line_notice(lite0, monkeypatch) -> None:
 
     monkeypatch.setattr(engine_module, "_make", broken_openvino)
     with pytest.warns(PadimWarning, match=r"engine openvino unavailable \(Cannot load library.*\): using onnxruntime"):
-        assert build_engine(lite0, SIZE, AUTO).name == "onnxruntime"
+        assert build_engine(lite0, SIZE, name=AUTO).name == "onnxruntime"
     with pytest.raises(PadimError, match="engine 'openvino' cannot run here: Cannot load library"):
-        build_engine(lite0, SIZE, "openvino")
+        build_engine(lite0, SIZE, name="openvino")
 
 
 def test_an_inexact_engine_is_never_used(lite0, monkeypatch) -> None:
@@ -186,7 +186,7 @@ def test_an_inexact_engine_is_never_used(lite0, monkeypatch) -> None:
     monkeypatch.setattr(engine_module, "_make", rounding)
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        chosen = build_engine(lite0, SIZE, AUTO)
+        chosen = build_engine(lite0, SIZE, name=AUTO)
     assert chosen.name == "torch-fast"
     assert [str(w.message).split(" (")[0] for w in seen] == ["engine openvino unavailable",
                                                               "engine onnxruntime unavailable"]
@@ -199,6 +199,6 @@ def test_missing_runtimes_fall_through_quietly(lite0, monkeypatch) -> None:
     monkeypatch.setattr(engine_module, "installed", lambda name: name.startswith("torch"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # not installed is not a fault: no notice
-        assert build_engine(lite0, SIZE, AUTO).name == "torch-fast"
+        assert build_engine(lite0, SIZE, name=AUTO).name == "torch-fast"
     with pytest.raises(PadimError, match="openvino is not installed"):
-        build_engine(lite0, SIZE, "openvino")
+        build_engine(lite0, SIZE, name="openvino")

@@ -196,7 +196,7 @@ class Spade:
         """(batch, layer maps (B, C, h, w), pooled features (B, C)) per batch, with a progress bar when verbose."""
         from tqdm.auto import tqdm
 
-        batches = iter_batches(items, self.preprocessing, self.batch_size, self.workers)
+        batches = iter_batches(items, self.preprocessing, self.batch_size, workers=self.workers)
         with tqdm(total=len(items), desc=what, unit="img", disable=not self.verbose, leave=False) as bar:
             for batch in batches:
                 with torch.no_grad():
@@ -212,7 +212,7 @@ class Spade:
         """Extract and keep every training image's global feature and layer maps (replaces any previous fit)."""
         self._check_params()
         items = as_items(images)
-        self.backbone_ = build_backbone(self.backbone, (*self.layers, POOL_TAP), self.weights, self.seed)
+        self.backbone_ = build_backbone(self.backbone, layers=(*self.layers, POOL_TAP), weights=self.weights, seed=self.seed)
         self.backbone_.extractor.to(self.device)
         store = torch.float16 if self.half else torch.float32
         glob_parts: list[torch.Tensor] = []

@@ -104,7 +104,7 @@ def build_network(
     latent_channels: int, weights: str | os.PathLike | None = None, seed: int = 0
 ) -> tuple[PaperVAE, WeightSource]:
     """A trainable PaperVAE with an ImageNet (default), file or seeded random ResNet18 encoder."""
-    backbone = build_backbone(paper.VAE_ENCODER, ("layer4",), weights, seed)  # same weight lookup as PaDiM
+    backbone = build_backbone(paper.VAE_ENCODER, layers=("layer4",), weights=weights, seed=seed)  # same weight lookup as PaDiM
     encoder = backbone.extractor.model
     encoder.reset_classifier(0)
     encoder.requires_grad_(True).train()  # build_backbone freezes; the VAE fine-tunes its encoder
@@ -316,7 +316,7 @@ class VAE:
         uint8, like the PIL images of a torchvision pipeline, keeps a class's few hundred images small.
         """
         unnormalised = Preprocess((self.resize, self.resize), None, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
-        batches = iter_batches(items, unnormalised, self.batch_size, self.workers)
+        batches = iter_batches(items, unnormalised, self.batch_size, workers=self.workers)
         pixels = torch.cat([(b.pixels * 255.0).round_().to(torch.uint8) for b in batches])
         return pixels.to(self.device)
 
@@ -442,7 +442,7 @@ class VAE:
         items = as_items(images)
         names, scores, maps = [], [], []
         self.net_.eval()
-        batches = iter_batches(items, self.preprocessing, self.batch_size, self.workers)
+        batches = iter_batches(items, self.preprocessing, self.batch_size, workers=self.workers)
         bar = tqdm(batches, total=n_batches(len(items), self.batch_size), desc="predict", unit="batch",
                    disable=not self.verbose, leave=False)
         with torch.no_grad():

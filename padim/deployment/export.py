@@ -333,7 +333,7 @@ class OnnxPredictor:
         """Scores and maps like PaDiM.predict; verdicts and masks with stored or given thresholds."""
         names: list[str] = []
         scores, maps, contrast = [], [], []
-        for batch in iter_batches(as_items(images), self.preprocess, self.batch_size, self.workers):
+        for batch in iter_batches(as_items(images), self.preprocess, self.batch_size, workers=self.workers):
             contrast.append(frame_contrast(batch.pixels, self.preprocess.std).numpy())
             batch_maps, batch_scores = self.run(batch.pixels.numpy())
             bad = ~np.isfinite(batch_scores)

@@ -135,7 +135,7 @@ def decode_image(data: bytes, name: str, max_pixels: int, image_size: tuple[int,
         raise _fail(422, f"{name}: empty file")
     try:
         # The library's one decoding path: allow-listed formats, pixel count from the header, EXIF orientation.
-        with open_image(io.BytesIO(data), name, max_pixels, warn=False) as img:
+        with open_image(io.BytesIO(data), name, max_pixels=max_pixels, warn=False) as img:
             load_upright(img, name, warn=False)  # a warning per upload would flood the log
             width, height = img.size  # upright
             with decode_errors(name):

@@ -328,7 +328,7 @@ def _stc_video(video: Path, pixel_dir: Path, label_dir: Path, stride: int) -> li
 
 
 def folder_split(
-    train_dir: PathLike, test_dir: PathLike, mask_dir: PathLike | None = None, name: str = "folder"
+    train_dir: PathLike, test_dir: PathLike, *, mask_dir: PathLike | None = None, name: str = "folder"
 ) -> Split:
     """A custom dataset: good images in train_dir; test images in test_dir; optional masks in mask_dir.
 
@@ -424,6 +424,7 @@ def nonaligned(
     image: torch.Tensor,
     mask: np.ndarray | None,
     rng: np.random.Generator,
+    *,
     resize: int = paper.NONALIGNED_RESIZE,
     crop: int = paper.NONALIGNED_CROP,
     max_degrees: float = paper.NONALIGNED_MAX_DEGREES,

@@ -37,7 +37,8 @@ class DemoResult:
 
 def run_texture(root: Path, texture: str, verbose: bool, seed: int = 0) -> DemoResult:
     """Build one texture's inspection set, fit on its good parts, score its test set, write overlays."""
-    category = make_inspection_set(root / "data", texture, N_TRAIN, N_TEST_GOOD, N_TEST_DEFECT, seed=seed)
+    category = make_inspection_set(root / "data", texture, n_train=N_TRAIN, n_test_good=N_TEST_GOOD,
+                                   n_test_defect=N_TEST_DEFECT, seed=seed)
     train, test, mask_paths = load_split(category)
     t0 = time.perf_counter()
     model = PaDiM(verbose=verbose).fit(train)

@@ -282,6 +282,7 @@ def _write_set(
 def make_inspection_set(
     root: str | Path,
     texture: str = "brick",
+    *,
     n_train: int = 40,
     n_test_good: int = 10,
     n_test_defect: int = 20,

@@ -304,7 +304,7 @@ def test_stc_bad_mask_frame(stc_data: tuple[Path, dict]) -> None:
 def test_folder_split_grouped(mvtec_root: Path) -> None:
     carpet = mvtec_root / "carpet"
     reference = mvtec_category(mvtec_root, "carpet")
-    split = folder_split(carpet / "train" / "good", carpet / "test", carpet / "ground_truth", name="mine")
+    split = folder_split(carpet / "train" / "good", carpet / "test", mask_dir=carpet / "ground_truth", name="mine")
     assert split.name == "mine" and split.train == reference.train and split.test == reference.test
     unmasked = folder_split(carpet / "train" / "good", carpet / "test")
     assert unmasked.labels.tolist() == reference.labels.tolist() and not unmasked.has_masks
@@ -326,7 +326,7 @@ def test_folder_split_flat(mvtec_root: Path, tmp_path: Path) -> None:
         elif k == 1:  # an all-zero mask means good
             Image.fromarray(np.zeros((64, 64), np.uint8)).save(masks / name)
         expected[name] = s.label
-    split = folder_split(carpet / "train" / "good", flat, masks)
+    split = folder_split(carpet / "train" / "good", flat, mask_dir=masks)
     assert {s.image.name: s.label for s in split.test} == expected
     for s in split.test:
         assert (s.mask is not None) == bool(s.label) and s.defect == ("defect" if s.label else "good")
@@ -339,7 +339,7 @@ def test_folder_split_errors(mvtec_copy: Path, tmp_path: Path) -> None:
     carpet = mvtec_copy / "carpet"
     mask = next((carpet / "ground_truth" / "stain").glob("*_mask.png"))
     mask.unlink()
-    assert str(mask) in error(folder_split, carpet / "train" / "good", carpet / "test", carpet / "ground_truth")
+    assert str(mask) in error(folder_split, carpet / "train" / "good", carpet / "test", mask_dir=carpet / "ground_truth")
     shutil.copy(carpet / "train" / "good" / "000.png", carpet / "test" / "loose.png")
     assert str(carpet / "test") in error(folder_split, carpet / "train" / "good", carpet / "test")
     assert str(tmp_path / "none") in error(folder_split, carpet / "train" / "good", tmp_path / "none")
