@@ -12,6 +12,7 @@ from PIL import Image
 from scipy import ndimage
 
 from padim import paper
+from padim.evaluation.datasets import mvtec_category
 from padim.errors import InputError
 
 TEXTURES = ("brick", "grass", "gravel")
@@ -322,17 +323,10 @@ def make_inspection_set(
 
 
 def load_split(category_dir: str | Path) -> tuple[list[Path], list[Path], list[Path | None]]:
-    """Train image paths, test image paths and each test image's mask path (None for good parts)."""
+    """Train image paths, test image paths and each test image's mask path (None for good parts).
+
+    The set is in MVTec AD's layout, so it is read by padim.evaluation.datasets' parser of that layout.
+    """
     category = Path(category_dir)
-    train = sorted((category / "train" / "good").glob("*.png"))
-    test = sorted((category / "test").glob("*/*.png"), key=lambda p: (p.parent.name, p.name))
-    masks: list[Path | None] = []
-    for path in test:
-        if path.parent.name == "good":
-            masks.append(None)
-            continue
-        mask = category / "ground_truth" / path.parent.name / f"{path.stem}_mask.png"
-        if not mask.is_file():
-            raise InputError(f"missing ground-truth mask {mask} for test image {path}")
-        masks.append(mask)
-    return train, test, masks
+    split = mvtec_category(category.parent, category.name)
+    return split.train, split.test_images, [None if s.mask is None else s.mask.path for s in split.test]
