@@ -79,7 +79,7 @@ def _positive_seconds(text: str) -> float:
 
 def _add_max_pixels(parser: argparse.ArgumentParser) -> None:
     """The --max-pixels option of the commands that decode images."""
-    from padim.data import DEFAULT_MAX_PIXELS
+    from padim.images import DEFAULT_MAX_PIXELS
 
     parser.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS,
                         help=f"largest image decoded, in pixels, checked from its header (default: {DEFAULT_MAX_PIXELS})")
@@ -333,7 +333,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 
 def _expand_inputs(inputs: list[str]) -> list[Path]:
     """Folders become their images; files stay."""
-    from padim.data import list_images
+    from padim.images import list_images
 
     paths: list[Path] = []
     for text in inputs:

@@ -20,8 +20,8 @@ from padim.calibration import DEFAULT_FPR, Calibration
 from padim.errors import PadimWarning
 from padim.backbone import DEFAULT_BACKBONE, RANDOM, Backbone, build_backbone, spec_for
 from padim.utils.cpus import available_cpus
-from padim.data import (DEFAULT_MAX_PIXELS, Batch, Preprocess, as_items, check_finite,
-                        iter_batches, n_batches)
+from padim.data import Batch, Preprocess, as_items, check_finite, iter_batches, n_batches
+from padim.images import DEFAULT_MAX_PIXELS
 from padim.embedding import positions_to_maps, random_channels, split_by_tap
 from padim.utils.constraints import (FILE_CONSTRAINTS, PADIM_CONSTRAINTS, Check, check_memory, check_params,
                                     check_threshold, check_value, validate_params)

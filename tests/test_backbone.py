@@ -14,7 +14,8 @@ import torch
 
 from padim import PaDiM
 from padim.backbone import BACKBONES, build_backbone, file_sha256
-from padim.data import Preprocess, array_to_tensor
+from padim.data import Preprocess
+from padim.images import array_to_tensor
 from padim.errors import PadimError
 
 # Documented in shared/weights/PROVENANCE.txt.

@@ -14,7 +14,8 @@ from torch import nn
 from padim import PaDiM
 from padim.backbone import build_backbone
 from padim.errors import PadimWarning
-from padim.data import Preprocess, pil_to_tensor
+from padim.data import Preprocess
+from padim.images import pil_to_tensor
 from padim.embedding import embed, split_by_tap
 from padim.engine import (AUTO, ENGINES, EXACTNESS, TapEmbedding, build_engine, default_engine, optimised,
                           resolve, same_padding)

@@ -74,7 +74,8 @@ except ImportError as _exc:  # pragma: no cover - exercised only without the ext
         f"({_exc.name} is missing)"
     ) from _exc
 
-from padim.data import DEFAULT_MAX_PIXELS, RASTER_FORMATS, decode_errors, load_upright, open_image, pil_to_tensor, resize
+from padim.data import resize
+from padim.images import DEFAULT_MAX_PIXELS, RASTER_FORMATS, decode_errors, load_upright, open_image, pil_to_tensor
 from padim.errors import ImageTooLarge
 
 MiB = 1024 * 1024
@@ -86,7 +87,7 @@ DEFAULT_BODY_TIMEOUT_S = 30.0  # a whole upload must arrive within this (20 MiB 
 DEFAULT_MAX_UPLOADS_PER_CLIENT = 8  # bodies being received at once from one client address
 MULTIPART_SLACK = 64 * 1024  # room for the multipart boundaries and part headers around the file
 MAX_OVERLAY_SIDE = 1024  # overlays of larger images are drawn at this longest side
-SAFE_FORMATS = RASTER_FORMATS  # formats opened from uploads: the library's raster allow-list (padim.data)
+SAFE_FORMATS = RASTER_FORMATS  # formats opened from uploads: the library's raster allow-list (padim.images)
 VERDICT_COLOURS = {"defect": "#c62828", "ok": "#2e7d32", "score": "#1565c0"}
 log = logging.getLogger("uvicorn.error")  # the server's log: its handlers and format
 

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from padim import paper
-from padim.data import (IMAGE_SUFFIXES, Preprocess, image_files, list_images, load_upright, open_image, oriented_size,
-                        resize)
+from padim.data import Preprocess, resize
+from padim.images import IMAGE_SUFFIXES, image_files, list_images, load_upright, open_image, oriented_size
 from padim.errors import InputError, PadimError
 
 MVTEC_TEXTURES = paper.MVTEC_TEXTURES

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from padim.utils.atomic import atomic_write
-from padim.data import read_image
+from padim.images import read_image
 from padim.evaluation.metrics import image_auroc, pixel_auroc
 from padim.model import PaDiM
 from padim.reporting.overlay import heatmap_overlay, save_png, side_by_side

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from padim import paper
-from padim.data import read_image
+from padim.images import read_image
 from padim.evaluation.datasets import MVTEC_TEXTURES, Split, nonaligned, transform_masks
 from padim.errors import InputError
 from padim.evaluation.metrics import au_pro, image_auroc, pixel_auroc

@@ -21,7 +21,7 @@ import numpy as np
 
 from padim import paper
 from padim.utils.atomic import atomic_write
-from padim.data import DEFAULT_MAX_PIXELS
+from padim.images import DEFAULT_MAX_PIXELS
 from padim.errors import PadimError
 from padim.reporting.overlay import MASK_COLOUR, THRESHOLD_COLOUR, as_rgb, contour, heatmap_overlay
 
@@ -155,7 +155,7 @@ def _shrink(array: np.ndarray, size: tuple[int, int], kind: str) -> np.ndarray:
 def _load_image(source: Any) -> np.ndarray:
     """An image given as an RGB uint8 array, or a path read at its own size."""
     if isinstance(source, (str, os.PathLike)):
-        from padim.data import read_image
+        from padim.images import read_image
 
         return (read_image(source).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     return as_rgb(np.asarray(source))
@@ -562,7 +562,7 @@ class _Preprocessed(Sequence):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]
-        from padim.data import read_image
+        from padim.images import read_image
 
         rgb = self.preprocess.resized(read_image(self.paths[i], self.max_pixels))
         return (rgb.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
@@ -581,7 +581,7 @@ def collect_inputs(inputs: Sequence[str],
     files give their images, with masks from `masks_dir/<stem>_mask.png` when masks_dir is set (no mask
     file, or an empty one: a good image).
     """
-    from padim.data import list_images
+    from padim.images import list_images
     from padim.evaluation.datasets import GOOD, MASK_SUFFIX, MaskRef, Sample, image_shape, mvtec_category
 
     mask_root = Path(masks_dir) if masks_dir is not None else None

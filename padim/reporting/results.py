@@ -22,7 +22,7 @@ import torch
 
 from padim import distributed
 from padim.utils.atomic import atomic_write
-from padim.data import DEFAULT_MAX_PIXELS, Size, read_image
+from padim.images import DEFAULT_MAX_PIXELS, Size, read_image
 from padim.errors import PadimError
 from padim.model import PaDiM, Prediction, add_verdicts
 

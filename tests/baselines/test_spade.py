@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from padim.data import Preprocess, array_to_tensor
+from padim.data import Preprocess
+from padim.images import array_to_tensor
 from padim.evaluation.datasets import mvtec_category, transform_masks
 from padim.errors import PadimError
 from padim.evaluation.metrics import pixel_auroc

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 import padim.baselines.vae
 from padim import paper
-from padim.data import list_images, read_image
+from padim.images import list_images, read_image
 from padim.errors import PadimError
 from padim.model import Prediction
 from padim.scoring import gaussian_blur

@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from padim.data import Preprocess, read_image
+from padim.data import Preprocess
+from padim.images import read_image
 from padim.evaluation.datasets import (
     MVTEC_CATEGORIES,
     MVTEC_OBJECTS,
