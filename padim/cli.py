@@ -298,7 +298,7 @@ def preset_sizes(args: argparse.Namespace) -> tuple[Any, Any]:
     if args.image_size is not None:
         return args.image_size, None
     from padim.data import as_items, full_frame_size
-    from padim.evaluation.datasets import image_shape
+    from padim.images import image_shape
 
     return full_frame_size(*image_shape(as_items(args.train_dir)[0].source)), None
 

@@ -233,3 +233,12 @@ def _unit_range(pixels: np.ndarray, name: str) -> np.ndarray:
             raise InputError(f"{name}: float pixels must lie in [0, 1], found [{lo:.4g}, {hi:.4g}]")
         return np.clip(out, 0.0, 1.0)
     raise InputError(f"{name}: unsupported pixel type {pixels.dtype}")
+
+
+def image_shape(path: str | os.PathLike) -> Size:
+    """(height, width) of an image file once upright (EXIF orientation), read from its header without decoding."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such image file")
+    with open_image(path, str(path), max_pixels=None) as img:
+        return oriented_size(img, str(path))

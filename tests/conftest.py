@@ -7,9 +7,19 @@ from pathlib import Path
 import pytest
 import torch
 
+from padim.errors import PadimError
 from padim.evaluation.synthetic import make_inspection_set
 
 torch.set_num_threads(2)  # the LU pitfall this project avoids shows with more than one thread
+
+def error(fn, *args, **kwargs) -> str:
+    """The message of the PadimError fn raises; also checks it is one line."""
+    with pytest.raises(PadimError) as info:
+        fn(*args, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
 
 # A small, fast configuration: random (explicitly requested) ResNet18 weights, 64x64 inputs, 32 features.
 TINY = dict(backbone="resnet18", weights="random", image_size=64, crop_size=None, n_features=32,

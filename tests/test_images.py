@@ -13,8 +13,7 @@ from PIL import Image
 from camera_files import (decoded_as_stored, frames, multi_frame, png_header, postscript_as_png, rotated_jpeg,
                           write_png)
 from padim.data import Preprocess, as_items, iter_batches
-from padim.images import DEFAULT_MAX_PIXELS, array_to_tensor, list_images, pil_to_tensor, read_image
-from padim.evaluation.datasets import image_shape
+from padim.images import DEFAULT_MAX_PIXELS, array_to_tensor, image_shape, list_images, pil_to_tensor, read_image
 from padim.errors import ImageTooLarge, PadimError
 
 

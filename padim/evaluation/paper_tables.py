@@ -16,7 +16,8 @@ import torch
 
 from padim import paper
 from padim.images import read_image
-from padim.evaluation.datasets import MVTEC_TEXTURES, Split, nonaligned, transform_masks
+from padim.evaluation.datasets import MVTEC_TEXTURES, Split
+from padim.evaluation.transforms import nonaligned, transform_masks
 from padim.errors import InputError
 from padim.evaluation.metrics import au_pro, image_auroc, pixel_auroc
 from padim.model import PaDiM

@@ -582,7 +582,8 @@ def collect_inputs(inputs: Sequence[str],
     file, or an empty one: a good image).
     """
     from padim.images import list_images
-    from padim.evaluation.datasets import GOOD, MASK_SUFFIX, MaskRef, Sample, image_shape, mvtec_category
+    from padim.evaluation.datasets import GOOD, MASK_SUFFIX, MaskRef, Sample, mvtec_category
+    from padim.images import image_shape
 
     mask_root = Path(masks_dir) if masks_dir is not None else None
     if mask_root is not None and not mask_root.is_dir():
@@ -627,7 +628,7 @@ def report_from_files(
     pixel_threshold: float | None = None,
 ) -> "Prediction":
     """Predict on the inputs (see collect_inputs) and write the report, on the model's input grid."""
-    from padim.evaluation.datasets import image_shape
+    from padim.images import image_shape
 
     paths, samples = collect_inputs(inputs, masks_dir)
     pre = model.preprocessing

@@ -8,7 +8,8 @@ import torch
 
 from padim.data import Preprocess
 from padim.images import array_to_tensor
-from padim.evaluation.datasets import mvtec_category, transform_masks
+from padim.evaluation.datasets import mvtec_category
+from padim.evaluation.transforms import transform_masks
 from padim.errors import PadimError
 from padim.evaluation.metrics import pixel_auroc
 from padim.scoring import gaussian_blur, upsample

@@ -17,7 +17,8 @@ from PIL import Image
 from padim import PaDiM, PadimError
 from padim.evaluation.paper_tables import evaluate
 from padim.cli import main
-from padim.evaluation.datasets import mvtec_category, transform_masks
+from padim.evaluation.datasets import mvtec_category
+from padim.evaluation.transforms import transform_masks
 from padim.evaluation.metrics import au_pro, image_auroc, pixel_auroc
 from padim.model import Prediction
 from padim.reporting.report import NOT_CALIBRATED, display_names, given_note, render_report, write_report
