@@ -17,11 +17,11 @@ from padim.errors import PadimWarning
 from padim.data import Preprocess
 from padim.images import pil_to_tensor
 from padim.embedding import embed, split_by_tap
-from padim.engine import (AUTO, ENGINES, EXACTNESS, TapEmbedding, build_engine, default_engine, optimised,
-                          resolve, same_padding)
+from padim.engine import AUTO, ENGINES, EXACTNESS, TapEmbedding, build_engine, default_engine, resolve
 from padim.errors import PadimError
 from padim.evaluation.metrics import image_auroc, pixel_auroc
 from padim.scoring import anomaly_maps
+from padim.torch_fast import optimised, same_padding
 from padim.evaluation.synthetic import load_split, make_inspection_set
 
 SIZE = (224, 224)
