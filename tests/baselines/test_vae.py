@@ -19,7 +19,8 @@ from padim.images import list_images, read_image
 from padim.errors import PadimError
 from padim.model import Prediction
 from padim.scoring import gaussian_blur
-from padim.baselines.vae import STRIDE, VAE, augmented_batch, build_network, rotate
+from padim.baselines.vae import VAE
+from padim.baselines.vae_network import STRIDE, augmented_batch, build_network, rotate
 
 # Tiny sizes: 37 -> random 35 -> center 32 (a 1x1 latent grid), random (explicitly requested) weights.
 SMALL = dict(latent_channels=16, n_train=16, epochs=1, batch_size=8, resize=37, random_crop=35, crop_size=32,
