@@ -29,14 +29,36 @@ RANDOM = "random"
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """A backbone we know: its timm architecture, paper taps, Rd default and where weights live."""
+    """A backbone we know: its timm architecture, paper taps, Rd default and where weights live.
+
+    Parameters
+    ----------
+    name : str
+        The name PaDiM's ``backbone`` parameter takes.
+    timm_name : str
+        The timm architecture built for it.
+    layers : tuple of str
+        Default taps, shallowest first (empty for an unknown timm model: layers must be given).
+    n_features : int or None
+        Rd default (the paper's channel count); None keeps every channel.
+    hub_files, hf_repos : tuple of str
+        torch hub checkpoint file names (torchvision, EfficientNet-PyTorch); timm Hugging Face repositories
+        looked up in the local cache.
+    download_hint : str
+        Where to download the weights, for the error when none are found offline.
+
+    Attributes
+    ----------
+    name, timm_name, layers, n_features, hub_files, hf_repos, download_hint
+        As given.
+    """
 
     name: str
     timm_name: str
     layers: tuple[str, ...]
-    n_features: int | None = None  # Rd default; None keeps every channel
-    hub_files: tuple[str, ...] = ()  # torch hub checkpoint file names (torchvision, EfficientNet-PyTorch)
-    hf_repos: tuple[str, ...] = ()  # timm Hugging Face repos in the local cache
+    n_features: int | None = None
+    hub_files: tuple[str, ...] = ()
+    hf_repos: tuple[str, ...] = ()
     download_hint: str = ""
 
 
@@ -94,12 +116,29 @@ def spec_for(name: str) -> BackboneSpec:
 
 @dataclass(frozen=True)
 class WeightSource:
-    """Where a backbone's weights were read from, with their checksum."""
+    """Where a backbone's weights were read from, with their checksum.
 
-    kind: str  # "package", "torch-hub", "hf-cache", "file" or "random"
+    Parameters
+    ----------
+    kind : str
+        "package", "torch-hub", "hf-cache", "file" or "random".
+    path : str or None
+        The file read (None for random weights).
+    sha256 : str
+        SHA-256 of the file, or of the tensors for random weights.
+    seed : int or None
+        Seed of random weights.
+
+    Attributes
+    ----------
+    kind, path, sha256, seed
+        As given.
+    """
+
+    kind: str
     path: str | None
     sha256: str
-    seed: int | None = None  # random weights only
+    seed: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form stored in model files."""
@@ -237,7 +276,20 @@ def map_state_dict(
 
 
 class FeatureExtractor(nn.Module):
-    """Runs a CNN up to its last tap and returns the tapped feature maps, shallowest first."""
+    """Runs a CNN up to its last tap and returns the tapped feature maps, shallowest first.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The CNN (frozen and put in eval mode here).
+    layers : tuple of str
+        Names of the modules whose outputs are returned, shallowest first.
+
+    Attributes
+    ----------
+    model, layers
+        The frozen CNN, and its taps.
+    """
 
     def __init__(self, model: nn.Module, layers: tuple[str, ...]) -> None:
         super().__init__()
@@ -279,7 +331,26 @@ class _AllTapsSeen(Exception):
 
 @dataclass
 class Backbone:
-    """A ready feature extractor with its name, taps, channel counts, strides and weight provenance."""
+    """A ready feature extractor with its name, taps, channel counts, strides and weight provenance.
+
+    Parameters
+    ----------
+    name : str
+        The backbone's name (a BackboneSpec name or a timm model).
+    extractor : FeatureExtractor
+        The frozen network and its taps.
+    source : WeightSource
+        Where its weights came from.
+    channels, strides : tuple of int
+        Channels of each tap, and its stride relative to the input.
+
+    Attributes
+    ----------
+    name, extractor, source, channels, strides
+        As given.
+    layers : tuple of str
+        Names of the tapped modules.
+    """
 
     name: str
     extractor: FeatureExtractor

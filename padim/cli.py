@@ -521,8 +521,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_benchmark(args: argparse.Namespace) -> None:
     """padim benchmark."""
-    from padim.evaluation.paper_tables import (CONFIGS, Options, combined_table, config_for, markdown_table, paper_table, results_json,
-                                 run_benchmark)
+    from padim.evaluation.paper_report import combined_table, markdown_table, paper_table, results_json
+    from padim.evaluation.paper_tables import CONFIGS, Options, config_for, run_benchmark
     from padim.evaluation.datasets import mvtec, stc
 
     configs = [config_for(args.config) if m == "padim" else CONFIGS[m] for m in args.method]

@@ -38,7 +38,22 @@ def as_size(value: int | Sequence[int] | None) -> Size | None:
 
 @dataclass(frozen=True)
 class Preprocess:
-    """Resize (bicubic), optional center crop, ImageNet normalisation (paper, Section IV-B)."""
+    """Resize (bicubic), optional center crop, ImageNet normalisation (paper, Section IV-B).
+
+    Parameters
+    ----------
+    image_size : (int, int)
+        (height, width) every image is resized to.
+    crop_size : (int, int) or None
+        (height, width) of the center crop of the resized image; None: no crop.
+    mean, std : (float, float, float)
+        Per-channel normalisation of pixels in [0, 1].
+
+    Attributes
+    ----------
+    output_size : (int, int)
+        (height, width) of the tensors fed to the backbone: the crop, else the resized image.
+    """
 
     image_size: Size = (paper.MVTEC_RESIZE, paper.MVTEC_RESIZE)
     crop_size: Size | None = (paper.MVTEC_CROP, paper.MVTEC_CROP)
@@ -147,10 +162,23 @@ def resize(x: torch.Tensor, size: Size) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Item:
-    """One input image: a display name and where its pixels come from."""
+    """One input image: a display name and where its pixels come from.
+
+    Parameters
+    ----------
+    name : str
+        Shown in results and errors (the path, or e.g. "array[3]").
+    source : Path, PIL image, numpy array or torch tensor
+        Where the pixels come from.
+
+    Attributes
+    ----------
+    name, source
+        As given.
+    """
 
     name: str
-    source: Any  # a Path, or an in-memory image
+    source: Any
 
     def load(self, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
         """Decode to (3, H, W) float in [0, 1]; files and PIL images upright by their EXIF orientation."""
@@ -197,9 +225,24 @@ def as_items(images: Any) -> list[Item]:
 
 @dataclass
 class Batch:
-    """A batch of preprocessed images with their names and original sizes."""
+    """A batch of preprocessed images with their names and original sizes.
 
-    pixels: torch.Tensor  # (B, 3, h, w), normalised
+    Parameters
+    ----------
+    pixels : torch.Tensor
+        (B, 3, h, w) normalised backbone input.
+    names : list of str
+        The images' names, in batch order.
+    original_sizes : list of (int, int)
+        (height, width) of each image as decoded (upright), before preprocessing.
+
+    Attributes
+    ----------
+    pixels, names, original_sizes
+        As given.
+    """
+
+    pixels: torch.Tensor
     names: list[str]
     original_sizes: list[Size]
 

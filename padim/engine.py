@@ -47,7 +47,22 @@ _MAX_COMPILED = 6  # OpenVINO: batch sizes compiled statically at once (others s
 
 
 class TapEmbedding(nn.Module):
-    """Tapped backbone + patch embedding: normalised (B, 3, H, W) -> (h*w, B, d), positions first."""
+    """Tapped backbone + patch embedding: normalised (B, 3, H, W) -> (h*w, B, d), positions first.
+
+    Parameters
+    ----------
+    extractor : FeatureExtractor
+        The tapped backbone.
+    kept : list of torch.Tensor
+        Per tap, the indices of the channels kept (padim.embedding.split_by_tap).
+
+    Attributes
+    ----------
+    extractor : FeatureExtractor
+        The tapped backbone.
+    kept : list of torch.Tensor
+        Copies of the kept channel indices.
+    """
 
     def __init__(self, extractor: FeatureExtractor, kept: list[torch.Tensor]) -> None:
         super().__init__()
@@ -60,7 +75,22 @@ class TapEmbedding(nn.Module):
 
 
 class Engine:
-    """Runs a TapEmbedding on one device; subclasses differ in the runtime."""
+    """Runs a TapEmbedding on one device; subclasses differ in the runtime.
+
+    Parameters
+    ----------
+    device : torch.device
+        Where the embeddings are computed and returned.
+    threads : int
+        CPU threads the runtime uses.
+
+    Attributes
+    ----------
+    name : str
+        The engine's name, one of padim.engine.ENGINES.
+    device, threads
+        As given.
+    """
 
     name = "torch"
 
@@ -86,7 +116,28 @@ class Engine:
 
 
 class TorchEngine(Engine):
-    """PyTorch eager, or (fast=True) with folded batch norm, static padding and channels_last."""
+    """PyTorch eager, or (fast=True) with folded batch norm, static padding and channels_last.
+
+    Parameters
+    ----------
+    module : TapEmbedding
+        The network to run.
+    size : (int, int)
+        Input (height, width), fixed for the torch-fast rewrites.
+    device : torch.device
+        Where it runs.
+    threads : int
+        torch's CPU threads (set here on the CPU).
+    fast : bool
+        Apply padim.torch_fast's rewrites and channels_last memory.
+
+    Attributes
+    ----------
+    module : nn.Module
+        The network run (the rewritten copy when fast).
+    fast : bool
+        As given.
+    """
 
     def __init__(self, module: TapEmbedding, size: tuple[int, int], device: torch.device, threads: int, *,
                  fast: bool) -> None:
@@ -108,7 +159,20 @@ class TorchEngine(Engine):
 
 
 class OnnxRuntimeEngine(Engine):
-    """The exported network under ONNX Runtime's CPU provider, without spinning threads."""
+    """The exported network under ONNX Runtime's CPU provider, without spinning threads.
+
+    Parameters
+    ----------
+    graph : bytes
+        The ONNX graph (export_graph).
+    threads : int
+        Intra-op threads.
+
+    Attributes
+    ----------
+    session : onnxruntime.InferenceSession
+        The loaded graph.
+    """
 
     name = "onnxruntime"
 
@@ -133,7 +197,24 @@ class OnnxRuntimeEngine(Engine):
 
 
 class OpenVinoEngine(Engine):
-    """The exported network compiled by OpenVINO for the CPU, in float32, one compiled model per batch size."""
+    """The exported network compiled by OpenVINO for the CPU, in float32, one compiled model per batch size.
+
+    Parameters
+    ----------
+    graph : bytes
+        The ONNX graph (export_graph).
+    threads : int
+        Inference threads.
+
+    Attributes
+    ----------
+    model : openvino.Model
+        The graph as read, dynamic in the batch.
+    compiled : OrderedDict
+        Infer requests of the models compiled for one batch size each, least recently used first.
+    dynamic : Any
+        The infer request shared by other batch sizes once _MAX_COMPILED are compiled (None until then).
+    """
 
     name = "openvino"
 

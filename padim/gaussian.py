@@ -82,11 +82,27 @@ class GaussianStats:
     LeVeque (1979): exact in any order, and free of the cancellation a raw sum of squares suffers
     when features have a large offset. The symmetric scatter keeps only its lower triangle, in
     row blocks (see row_blocks): 4.3 GB instead of 7.6 GB for WR50-Rd550 at 224 px.
+
+    Parameters
+    ----------
+    n : int
+        Number of samples (images) seen.
+    mean : torch.Tensor
+        (P, d) float64 means, one row per position.
+    scatter : torch.Tensor
+        (P, row_blocks_numel(d)) float64: each position's scatter, its lower triangle in row blocks.
+
+    Attributes
+    ----------
+    n, mean, scatter
+        As given, updated in place by update and merge.
+    dim : int
+        Embedding dimension d.
     """
 
     n: int
-    mean: torch.Tensor  # (P, d) float64
-    scatter: torch.Tensor  # (P, row_blocks_numel(d)) float64, lower triangles in row blocks
+    mean: torch.Tensor
+    scatter: torch.Tensor
 
     @classmethod
     def empty(cls, n_positions: int, dim: int, device: torch.device | str = "cpu") -> "GaussianStats":
@@ -206,6 +222,24 @@ class BatchBuffer:
     Each GaussianStats.update reads and writes the whole float64 scatter, so updating with a few
     hundred embeddings at once instead of 32 cuts that memory traffic (the fit's bottleneck once the
     backbone is fast) several times; the block is bounded to `max_bytes`.
+
+    Parameters
+    ----------
+    stats : GaussianStats
+        The statistics the batches are added to.
+    max_bytes : int
+        Size bound of the float32 block.
+
+    Attributes
+    ----------
+    stats : GaussianStats
+        As given.
+    capacity : int
+        Embeddings per position the block holds.
+    block : torch.Tensor or None
+        The (P, capacity, d) block, allocated on the first batch.
+    filled : int
+        Embeddings per position queued in it.
     """
 
     def __init__(self, stats: GaussianStats, max_bytes: int = 1 << 28) -> None:

@@ -100,14 +100,40 @@ def memory_headroom() -> int | None:
 # ------------------------------------------------------------------------------ the plan
 @dataclass
 class Plan:
-    """Planned peaks (bytes) and times (seconds per image) of fitting n_images and predicting."""
+    """Planned peaks (bytes) and times (seconds per image) of fitting n_images and predicting.
+
+    Parameters
+    ----------
+    n_images : int
+        Images the fit is planned for.
+    positions, dim, batch_size : int
+        The model's positions P, embedding dimension d and batch size.
+    engine : str
+        The engine (its description once built).
+    rss_when_planned : int
+        Resident memory of the process when planned, bytes.
+    fit_peak, predict_peak : int
+        Planned peak resident memory of the fit and of predicting, bytes.
+    model_file, resumable_file, export_file : int
+        Sizes of the model file, of one with statistics, and of the ONNX export, bytes.
+    headroom : int or None
+        Memory the process can still get, bytes (None: unknown).
+    fit_s_per_image, predict_s_per_image : float or None
+        Measured seconds per image (None: not measured).
+    fixed_fit_s : float or None
+        Measured seconds of the fit's factorisation, whatever the number of images.
+
+    Attributes
+    ----------
+    The parameters, as given.
+    """
 
     n_images: int
     positions: int
     dim: int
     batch_size: int
     engine: str
-    rss_when_planned: int  # resident memory of the process when planned
+    rss_when_planned: int
     fit_peak: int
     predict_peak: int
     model_file: int

@@ -80,7 +80,20 @@ def same_padding(size: tuple[int, int], conv: nn.Conv2d) -> tuple[int, int, int,
 
 
 class StaticPadConv(nn.Module):
-    """A convolution with fixed zero padding computed once for the input size (no per-call shape logic)."""
+    """A convolution with fixed zero padding computed once for the input size (no per-call shape logic).
+
+    Parameters
+    ----------
+    conv : nn.Conv2d
+        The convolution (its own padding is not used).
+    pad : (int, int, int, int)
+        (left, right, top, bottom) zero padding (same_padding).
+
+    Attributes
+    ----------
+    conv, pad
+        As given.
+    """
 
     def __init__(self, conv: nn.Conv2d, pad: tuple[int, int, int, int]) -> None:
         super().__init__()

@@ -1,4 +1,4 @@
-"""Evaluation datasets on disk: MVTec AD, ShanghaiTech Campus (STC), plain folders; the paper's non-aligned protocol.
+"""Evaluation datasets on disk: MVTec AD and ShanghaiTech Campus (STC); plain folders are padim.evaluation.folders.
 
 Every loader returns a Split: training image paths (all normal) and test Samples (image, label, defect type,
 ground-truth mask reference). Masks are read lazily, at the image's own size, and can be transformed exactly like
@@ -17,7 +17,7 @@ import numpy as np
 
 from padim import paper
 from padim.errors import InputError, PadimError
-from padim.images import IMAGE_SUFFIXES, image_files, list_images, load_upright, open_image
+from padim.images import IMAGE_SUFFIXES, image_files, load_upright, open_image
 
 MVTEC_TEXTURES = paper.MVTEC_TEXTURES
 MVTEC_OBJECTS = paper.MVTEC_OBJECTS
@@ -34,7 +34,20 @@ PathLike = str | os.PathLike
 
 @dataclass(frozen=True)
 class MaskRef:
-    """Where a ground-truth mask lives: a PNG file, or frame `index` of an (N, H, W) .npy stack."""
+    """Where a ground-truth mask lives: a PNG file, or frame `index` of an (N, H, W) .npy stack.
+
+    Parameters
+    ----------
+    path : Path
+        The mask image, or the .npy stack.
+    index : int or None
+        The frame in the stack; None for a mask image.
+
+    Attributes
+    ----------
+    path, index
+        As given.
+    """
 
     path: Path
     index: int | None = None
@@ -45,7 +58,24 @@ class MaskRef:
 
 @dataclass(frozen=True)
 class Sample:
-    """One test image: its file, label (0 good, 1 defective), defect type and ground-truth mask."""
+    """One test image: its file, label (0 good, 1 defective), defect type and ground-truth mask.
+
+    Parameters
+    ----------
+    image : Path
+        The test image.
+    label : int
+        0 good, 1 defective.
+    defect : str
+        Defect type ("good" for a good image).
+    mask : MaskRef or None
+        Its ground truth; None for a good image (and for defective ones of a set without masks).
+
+    Attributes
+    ----------
+    image, label, defect, mask
+        As given.
+    """
 
     image: Path
     label: int
@@ -59,7 +89,7 @@ class Sample:
             if self.label == 1:
                 raise InputError(f"{self.image}: defective test image has no ground-truth mask")
             return np.zeros(shape, dtype=bool)
-        mask = _read_npy_frame(self.mask) if self.mask.index is not None else _read_png_mask(self.mask.path)
+        mask = _read_npy_frame(self.mask) if self.mask.index is not None else read_png_mask(self.mask.path)
         if mask.shape != shape:
             raise InputError(
                 f"{self.mask}: mask is {mask.shape[0]}x{mask.shape[1]} "
@@ -68,7 +98,7 @@ class Sample:
         return mask
 
 
-def _read_png_mask(path: Path) -> np.ndarray:
+def read_png_mask(path: Path) -> np.ndarray:
     """Pixels > 0 of a mask image (any channel) as a bool HxW array."""
     if not path.is_file():
         raise InputError(f"{path}: ground-truth mask file is missing")
@@ -113,7 +143,32 @@ def _read_npy_frame(ref: MaskRef) -> np.ndarray:
 
 @dataclass
 class Split:
-    """A dataset category: normal training images and labelled test samples."""
+    """A dataset category: normal training images and labelled test samples.
+
+    Parameters
+    ----------
+    name : str
+        The category ("bottle", "stc", ...).
+    train : list of Path
+        Training images, all normal.
+    test : list of Sample
+        Labelled test images.
+
+    Attributes
+    ----------
+    name, train, test
+        As given.
+    labels : numpy.ndarray
+        Test labels, int64.
+    test_images : list of Path
+        Test image paths, in test order.
+    good_test, defective_test : list of Sample
+        The test samples of each label.
+    defects : list of str
+        Sorted defect types in the test set.
+    has_masks : bool
+        Whether every defective sample has a mask (pixel-level evaluation possible).
+    """
 
     name: str
     train: list[Path]
@@ -162,17 +217,17 @@ def _natural_key(path: Path) -> tuple:
     return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name))
 
 
-def _subdirs(folder: Path) -> list[Path]:
+def subfolders(folder: Path) -> list[Path]:
     """Visible subfolders, sorted by name."""
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _images(folder: Path) -> list[Path]:
+def sorted_images(folder: Path) -> list[Path]:
     """Visible image files directly inside a folder, naturally sorted (possibly empty; hidden ones skipped)."""
     return sorted(image_files(folder), key=_natural_key)
 
 
-def _require_dir(path: Path, what: str) -> Path:
+def require_folder(path: Path, what: str) -> Path:
     """The path, or an InputError when it is not an existing folder."""
     if not path.exists():
         raise InputError(f"{path}: no such folder ({what})")
@@ -193,13 +248,13 @@ def _check_stride(value: int, name: str) -> int:
 
 def mvtec_category(root: PathLike, category: str) -> Split:
     """One category of an MVTec AD root: <root>/<category>/{train/good, test/<defect>, ground_truth/<defect>}."""
-    root = _require_dir(Path(root), "MVTec AD root")
+    root = require_folder(Path(root), "MVTec AD root")
     folder = root / category
     if not folder.is_dir():
-        present = ", ".join(p.name for p in _subdirs(root)) or "nothing"
+        present = ", ".join(p.name for p in subfolders(root)) or "nothing"
         raise InputError(f"{folder}: no category '{category}' in {root} (present: {present})")
-    train_dir = _require_dir(folder / "train" / GOOD, "MVTec AD training images")
-    train = _images(train_dir)
+    train_dir = require_folder(folder / "train" / GOOD, "MVTec AD training images")
+    train = sorted_images(train_dir)
     if not train:
         raise InputError(f"{train_dir}: no training images ({', '.join(IMAGE_SUFFIXES)})")
     return Split(category, train, _mvtec_test(folder))
@@ -207,14 +262,14 @@ def mvtec_category(root: PathLike, category: str) -> Split:
 
 def _mvtec_test(folder: Path) -> list[Sample]:
     """Test samples of one MVTec AD category, sorted by defect type then name."""
-    test_dir = _require_dir(folder / "test", "MVTec AD test images")
-    defect_dirs = _subdirs(test_dir)
+    test_dir = require_folder(folder / "test", "MVTec AD test images")
+    defect_dirs = subfolders(test_dir)
     if not defect_dirs:
         raise InputError(f"{test_dir}: no defect-type subfolders (expected test/good and test/<defect>)")
     samples = []
     for defect_dir in defect_dirs:
         defect = defect_dir.name
-        for image in _images(defect_dir):
+        for image in sorted_images(defect_dir):
             if defect == GOOD:
                 samples.append(Sample(image, 0, GOOD, None))
                 continue
@@ -229,7 +284,7 @@ def _mvtec_test(folder: Path) -> list[Sample]:
 
 def mvtec(root: PathLike, categories: str | list[str] | tuple[str, ...] | None = None) -> list[Split]:
     """Several MVTec AD categories; by default the official ones present under root."""
-    root = _require_dir(Path(root), "MVTec AD root")
+    root = require_folder(Path(root), "MVTec AD root")
     if categories is None:
         categories = [c for c in MVTEC_CATEGORIES if (root / c).is_dir()]
         if not categories:
@@ -246,7 +301,7 @@ def _not_mvtec_message(root: Path) -> str:
     if (root / "train" / GOOD).is_dir():
         return (f"{root}: this is one category folder, not an MVTec AD root; pass its parent {root.parent} "
                 f"(with category '{root.name}')")
-    present = ", ".join(p.name for p in _subdirs(root)) or "nothing"
+    present = ", ".join(p.name for p in subfolders(root)) or "nothing"
     return (f"{root}: not an MVTec AD root: expected category folders such as {root / MVTEC_CATEGORIES[0]}/train/good "
             f"(one of {', '.join(MVTEC_CATEGORIES)}; present: {present})")
 
@@ -256,7 +311,7 @@ def _not_mvtec_message(root: Path) -> str:
 
 def stc(root: PathLike, train_stride: int = 1, test_stride: int = 1) -> Split:
     """ShanghaiTech Campus: normal training frames, test frames with frame labels and pixel masks."""
-    root = _require_dir(Path(root), "ShanghaiTech Campus root")
+    root = require_folder(Path(root), "ShanghaiTech Campus root")
     train_stride, test_stride = _check_stride(train_stride, "train_stride"), _check_stride(test_stride, "test_stride")
     return Split("stc", _stc_train(root, train_stride), _stc_test(root, test_stride))
 
@@ -271,11 +326,11 @@ def _stc_train(root: Path, stride: int) -> list[Path]:
                 f"{frames_dir}: no such folder; extract the training videos in {videos} to "
                 f"{frames_dir}/<video>/<frame>.jpg first (e.g. ffmpeg -i 01_001.avi -q:v 2 01_001/%03d.jpg)"
             )
-        _require_dir(frames_dir, "STC training frames, training/frames/<video>/<frame>.jpg")
-    videos = _subdirs(frames_dir)
+        require_folder(frames_dir, "STC training frames, training/frames/<video>/<frame>.jpg")
+    videos = subfolders(frames_dir)
     if not videos:
         raise InputError(f"{frames_dir}: no video folders (expected training/frames/<video>/<frame>.jpg)")
-    train = [frame for video in videos for frame in _images(video)[::stride]]
+    train = [frame for video in videos for frame in sorted_images(video)[::stride]]
     if not train:
         raise InputError(f"{frames_dir}: the video folders hold no frames ({', '.join(IMAGE_SUFFIXES)})")
     return train
@@ -283,11 +338,11 @@ def _stc_train(root: Path, stride: int) -> list[Path]:
 
 def _stc_test(root: Path, stride: int) -> list[Sample]:
     """Every stride-th frame of every test video, labelled by test_frame_mask, masked by test_pixel_mask."""
-    testing = _require_dir(root / "testing", "STC test data")
-    frames_dir = _require_dir(testing / "frames", "STC test frames, testing/frames/<video>/<frame>.jpg")
-    pixel_dir = _require_dir(testing / "test_pixel_mask", "STC pixel masks, testing/test_pixel_mask/<video>.npy")
-    label_dir = _require_dir(testing / "test_frame_mask", "STC frame labels, testing/test_frame_mask/<video>.npy")
-    videos = _subdirs(frames_dir)
+    testing = require_folder(root / "testing", "STC test data")
+    frames_dir = require_folder(testing / "frames", "STC test frames, testing/frames/<video>/<frame>.jpg")
+    pixel_dir = require_folder(testing / "test_pixel_mask", "STC pixel masks, testing/test_pixel_mask/<video>.npy")
+    label_dir = require_folder(testing / "test_frame_mask", "STC frame labels, testing/test_frame_mask/<video>.npy")
+    videos = subfolders(frames_dir)
     if not videos:
         raise InputError(f"{frames_dir}: no video folders (expected testing/frames/<video>/<frame>.jpg)")
     names = {v.name for v in videos}
@@ -301,7 +356,7 @@ def _stc_test(root: Path, stride: int) -> list[Sample]:
 
 def _stc_video(video: Path, pixel_dir: Path, label_dir: Path, stride: int) -> list[Sample]:
     """The test samples of one STC video, after checking its masks match its frames."""
-    frames = _images(video)
+    frames = sorted_images(video)
     if not frames:
         raise InputError(f"{video}: test video folder has no frames")
     pixel_path, label_path = pixel_dir / f"{video.name}.npy", label_dir / f"{video.name}.npy"
@@ -319,77 +374,3 @@ def _stc_video(video: Path, pixel_dir: Path, label_dir: Path, stride: int) -> li
         Sample(frames[i], int(labels[i] > 0), "abnormal" if labels[i] > 0 else GOOD, MaskRef(pixel_path, i))
         for i in range(0, len(frames), stride)
     ]
-
-
-# --------------------------------------------------------------------------------------------------- folders
-
-
-def folder_split(
-    train_dir: PathLike, test_dir: PathLike, *, mask_dir: PathLike | None = None, name: str = "folder"
-) -> Split:
-    """A custom dataset: good images in train_dir; test images in test_dir; optional masks in mask_dir.
-
-    test_dir is either grouped, with subfolders named like MVTec AD's (``good/`` is label 0, any other folder is
-    a defect type, label 1), or flat (images directly inside), in which case mask_dir is required and an image is
-    defective (label 1, defect "defect") iff its mask exists and has a pixel set. A test image's mask is looked up as
-    ``<mask_dir>/<relative path without suffix>_mask.png``, then ``<mask_dir>/<relative path>``, then the relative
-    path with a ``.png`` suffix. In grouped mode a defective image without a mask is an error when mask_dir is
-    given; without mask_dir samples carry no masks (image-level evaluation only).
-    """
-    train = list_images(train_dir)
-    test_root = _require_dir(Path(test_dir), "test images")
-    masks = _require_dir(Path(mask_dir), "ground-truth masks") if mask_dir is not None else None
-    groups, loose = _subdirs(test_root), _images(test_root)
-    if groups and loose:
-        raise InputError(f"{test_root}: holds both images and subfolders; use either a flat folder or "
-                         f"good/ and <defect>/ subfolders")
-    test = _grouped_test(test_root, groups, masks) if groups else _flat_test(test_root, loose, masks)
-    if not test:
-        raise InputError(f"{test_root}: no test images ({', '.join(IMAGE_SUFFIXES)})")
-    return Split(name, train, test)
-
-
-def _find_mask(mask_dir: Path, relative: Path) -> Path | None:
-    """The first existing mask file for an image at `relative` inside the test folder."""
-    for candidate in (
-        relative.with_name(relative.stem + MASK_SUFFIX),
-        relative,
-        relative.with_suffix(".png"),
-    ):
-        if (mask_dir / candidate).is_file():
-            return mask_dir / candidate
-    return None
-
-
-def _grouped_test(test_root: Path, groups: list[Path], mask_dir: Path | None) -> list[Sample]:
-    """Samples from good/ and <defect>/ subfolders."""
-    samples = []
-    for group in groups:
-        for image in _images(group):
-            if group.name == GOOD:
-                samples.append(Sample(image, 0, GOOD, None))
-                continue
-            mask = None
-            if mask_dir is not None:
-                relative = image.relative_to(test_root)
-                mask = _find_mask(mask_dir, relative)
-                if mask is None:
-                    expected = mask_dir / relative.with_name(relative.stem + MASK_SUFFIX)
-                    raise InputError(f"{expected}: missing ground-truth mask for test image {image}")
-            samples.append(Sample(image, 1, group.name, MaskRef(mask) if mask else None))
-    return samples
-
-
-def _flat_test(test_root: Path, images: list[Path], mask_dir: Path | None) -> list[Sample]:
-    """Samples from a flat folder, labelled by their masks."""
-    if images and mask_dir is None:
-        raise InputError(f"{test_root}: a flat test folder needs mask_dir to tell good from defective images "
-                         f"(or sort the images into good/ and <defect>/ subfolders)")
-    samples = []
-    for image in images:
-        mask = _find_mask(mask_dir, image.relative_to(test_root))  # type: ignore[arg-type]
-        if mask is not None and _read_png_mask(mask).any():
-            samples.append(Sample(image, 1, "defect", MaskRef(mask)))
-        else:
-            samples.append(Sample(image, 0, GOOD, None))
-    return samples

@@ -36,7 +36,20 @@ MAX_LAYERS = 16
 
 @dataclass(frozen=True)
 class Rule:
-    """One acceptable kind of value: a test and the words that describe it."""
+    """One acceptable kind of value: a test and the words that describe it.
+
+    Parameters
+    ----------
+    accepts : callable
+        True for a value of this kind.
+    text : str
+        What the kind is, completing "<name> must be ..." in the error.
+
+    Attributes
+    ----------
+    accepts, text
+        As given.
+    """
 
     accepts: Callable[[Any], bool]
     text: str
@@ -147,7 +160,20 @@ THRESHOLD = real(0.0, 3.4e38)  # scores are distances: >= 0 and finite
 
 @dataclass(frozen=True)
 class Check:
-    """A test of parameters together (or of the machine) that raises its own one-line error."""
+    """A test of parameters together (or of the machine) that raises its own one-line error.
+
+    Parameters
+    ----------
+    test : callable
+        Called with the named parameters' values, in order; raises a PadimError to refuse them.
+    names : tuple of str
+        The parameters it reads.
+
+    Attributes
+    ----------
+    test, names
+        As given.
+    """
 
     test: Callable[..., object]
     names: tuple[str, ...]

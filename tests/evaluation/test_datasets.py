@@ -19,11 +19,11 @@ from padim.evaluation.datasets import (
     MaskRef,
     Sample,
     Split,
-    folder_split,
     mvtec,
     mvtec_category,
     stc,
 )
+from padim.evaluation.folders import folder_split
 from padim.evaluation.transforms import transform_masks
 from padim.evaluation.synthetic import DEFECT_KINDS, load_texture, make_inspection_set, paint_defect
 
