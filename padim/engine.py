@@ -105,14 +105,14 @@ class Engine:
         """
         raise NotImplementedError
 
+    def version(self) -> str:
+        """Version of the runtime behind this engine."""
+        return torch.__version__
+
     def describe(self) -> str:
         """One line for logs and `padim info`: engine, version, device, threads."""
         return f"{self.name} {self.version()} on {self.device}" + (
             f", {self.threads} threads" if self.device.type == "cpu" else "")
-
-    def version(self) -> str:
-        """Version of the runtime behind this engine."""
-        return torch.__version__
 
 
 class TorchEngine(Engine):

@@ -23,8 +23,8 @@ from padim.utils.cpus import available_cpus
 from padim.data import Batch, Preprocess, as_items, check_finite, iter_batches, n_batches
 from padim.images import DEFAULT_MAX_PIXELS
 from padim.embedding import positions_to_maps, random_channels, split_by_tap
-from padim.utils.constraints import (FILE_CONSTRAINTS, PADIM_CONSTRAINTS, Check, check_memory, check_params,
-                                    check_threshold, check_value, validate_params)
+from padim.utils.constraints import (FILE_CONSTRAINTS, PADIM_CONSTRAINTS, Check, CheckedParameters, check_memory,
+                                    check_params, check_threshold, check_value, validate_params)
 from padim.engine import AUTO, Engine, TapEmbedding, build_engine, check_device, resolve
 from padim.errors import PadimError
 from padim.frame import FrameModel, FrameStats, frame_contrast, frame_reasons
@@ -182,7 +182,7 @@ def _check_file_values(meta: dict) -> None:
     check_value("statistics", meta.get("statistics", False), rules["statistics"])
 
 
-class PaDiM:
+class PaDiM(CheckedParameters):
     """PaDiM anomaly detector (Defard et al., 2020): one multivariate Gaussian per patch position.
 
     The defaults follow the paper: efficientnet_lite0 (real ImageNet weights that install offline)
@@ -328,10 +328,6 @@ class PaDiM:
     def preprocessing(self) -> Preprocess:
         """The preprocessing these parameters define."""
         return Preprocess.from_sizes(self.image_size, self.crop_size)
-
-    def _check_params(self) -> None:
-        """Reject parameter values that cannot work, before any image is read (see padim.utils.constraints)."""
-        validate_params(self)
 
     def _init_network(self) -> None:
         """Build the backbone and draw the Rd channels (once, before the first batch)."""

@@ -15,8 +15,8 @@ from padim.data import Batch, Preprocess, as_items, check_finite, iter_batches
 from padim.errors import PadimError
 from padim.model import Prediction
 from padim.scoring import gaussian_blur, upsample
-from padim.utils.constraints import (BOOL, COMMON_CONSTRAINTS, LAYERS, NON_NEGATIVE, POSITIVE_INT, Check, Rule,
-                                    validate_params)
+from padim.utils.constraints import (BOOL, COMMON_CONSTRAINTS, LAYERS, NON_NEGATIVE, POSITIVE_INT, Check,
+                                    CheckedParameters, Rule)
 
 # timm's global average pool: (B, C), already flattened, run after the last stage.
 POOL_TAP = "global_pool"
@@ -76,7 +76,7 @@ def pooled(feature: torch.Tensor) -> torch.Tensor:
     return feature if feature.ndim == 2 else feature.mean(dim=(2, 3))
 
 
-class Spade:
+class Spade(CheckedParameters):
     """SPADE (Cohen & Hoshen, 2020) as reproduced in the PaDiM paper: kNN image score, nearest-patch pixel map.
 
     The image score is the mean distance of the image's global average-pooled feature to those of its
@@ -181,10 +181,6 @@ class Spade:
     def preprocessing(self) -> Preprocess:
         """The preprocessing these parameters define."""
         return Preprocess.from_sizes(self.image_size, self.crop_size)
-
-    def _check_params(self) -> None:
-        """Reject parameter values that cannot work, before any image is read (see padim.utils.constraints)."""
-        validate_params(self)
 
     def _require_fitted(self) -> None:
         """Raise unless fit() has run."""

@@ -23,7 +23,7 @@ from padim.modelfile import FileKind, read_model, write_model
 from padim.model import Prediction
 from padim.scoring import gaussian_blur, image_scores
 from padim.utils.constraints import (COMMON_CONSTRAINTS, NON_NEGATIVE, NONE, PATH, POSITIVE, POSITIVE_INT, SIDE, Check,
-                                    multiple_of, validate_params)
+                                    CheckedParameters, multiple_of)
 
 CHECKPOINT_VERSION = 1
 CHECKPOINT = FileKind("torch-padim-vae-checkpoint", CHECKPOINT_VERSION, "padim_vae", "torch-padim VAE checkpoint",
@@ -61,7 +61,7 @@ def _check_checkpoint_folder(checkpoint: str | None) -> None:
         raise InputError(f"{checkpoint}: cannot write a checkpoint, folder {folder} does not exist")
 
 
-class VAE:
+class VAE(CheckedParameters):
     """The PaDiM paper's VAE baseline: ResNet18 encoder, 8x8 convolutional latent, pixel-wise L2 reconstruction error.
 
     Defaults follow the paper (Section IV-B): each epoch draws `n_train` augmented samples of the
@@ -180,10 +180,6 @@ class VAE:
     def preprocessing(self) -> Preprocess:
         """Test-time preprocessing: resize, center crop (256/292 ~ PaDiM's 224/256), ImageNet normalisation."""
         return Preprocess.from_sizes(self.resize, self.crop_size)
-
-    def _check_params(self) -> None:
-        """Reject parameter values that cannot work, before any image is read (see padim.utils.constraints)."""
-        validate_params(self)
 
     def _is_fitted(self) -> bool:
         return getattr(self, "epochs_done_", 0) > 0

@@ -209,6 +209,25 @@ def validate_params(estimator: Any, *, checks: bool = True) -> None:
         check.run(params)
 
 
+class CheckedParameters:
+    """Base of the estimators: `_check_params` checks the parameters against the class's tables.
+
+    Attributes
+    ----------
+    _parameter_constraints : dict of str to list of Rule
+        For every constructor parameter, the rules one of which its value must satisfy.
+    _parameter_checks : tuple of Check
+        The tests of several parameters together (or of the machine), run after the table.
+    """
+
+    _parameter_constraints: Constraints = {}
+    _parameter_checks: tuple[Check, ...] = ()
+
+    def _check_params(self) -> None:
+        """Reject parameter values that cannot work, before any image is read."""
+        validate_params(self)
+
+
 def gaussians_bytes(size: tuple[int, int], stride: int, dim: int) -> int:
     """Bytes a fit holds for its Gaussians: float64 means and packed scatters, float32 factors, per position."""
     positions = math.ceil(size[0] / stride) * math.ceil(size[1] / stride)
