@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from padim.backbone import build_backbone
 from padim.errors import PadimError
 from padim.evaluation.synthetic import make_inspection_set
 
@@ -47,3 +48,19 @@ def empty_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hf_home / "hub"))
     assert Path(torch.hub.get_dir()) == torch_home / "hub"
     return tmp_path
+
+
+# A ResNet18 with seeded random weights, its state dict and a probe batch (the backbone tests).
+@pytest.fixture(scope="module")
+def r18():
+    return build_backbone("resnet18", weights="random", seed=7)
+
+
+@pytest.fixture(scope="module")
+def r18_state(r18) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in r18.extractor.model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def probe_input() -> torch.Tensor:
+    return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
