@@ -136,7 +136,7 @@ def prepare(config: str, cache: Path) -> dict:
     spec = CONFIGS[config]
     wpath, ipath = weights_path(cache, config), indices_path(cache, config)
     if not (wpath.exists() and ipath.exists()):
-        bb = build_backbone(spec["backbone"], LAYERS, weights="random", seed=SEED)
+        bb = build_backbone(spec["backbone"], layers=LAYERS, weights="random", seed=SEED)
         wpath.parent.mkdir(parents=True, exist_ok=True)
         state = {k: v.contiguous() for k, v in bb.extractor.model.state_dict().items()}
         save_file(state, str(wpath))

@@ -70,8 +70,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for where in ("anywhere", "border"):
             for texture in args.textures.split(","):
-                category = make_inspection_set(Path(tmp) / where, texture, args.n_train, args.n_good, args.n_defect,
-                                               size=args.size, seed=0, defects_at=where)
+                category = make_inspection_set(Path(tmp) / where, texture, n_train=args.n_train, n_test_good=args.n_good,
+                                               n_test_defect=args.n_defect, size=args.size, seed=0, defects_at=where)
                 for name, params in presets(args.size).items():
                     if name not in args.presets.split(","):
                         continue

@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="padim-load-") as tmp:
         work = Path(tmp)
         if args.model:
-            from padim.data import list_images
+            from padim.images import list_images
 
             if not args.images:
                 parser.error("give --images DIR with a model file")
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             model, images = demo_model(work, args.tiny)
             print(f"fitted the demo model in {time.perf_counter() - t0:.1f} s", flush=True)
         if args.images and not args.model:
-            from padim.data import list_images
+            from padim.images import list_images
 
             images = list_images(args.images)
         payloads = [(p.name, p.read_bytes()) for p in images]

@@ -103,9 +103,9 @@ def taps_floor(model, engine: str) -> float:
 
     import torch
 
-    from padim.engine import optimised
+    from padim.torch_fast import optimised
 
-    size = model.preprocess_.output_size
+    size = model.preprocessing.output_size
     x = torch.randn(BATCH, 3, *size, generator=torch.Generator().manual_seed(0))
 
     class Taps(torch.nn.Module):

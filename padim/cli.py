@@ -79,7 +79,7 @@ def _positive_seconds(text: str) -> float:
 
 def _add_max_pixels(parser: argparse.ArgumentParser) -> None:
     """The --max-pixels option of the commands that decode images."""
-    from padim.data import DEFAULT_MAX_PIXELS
+    from padim.images import DEFAULT_MAX_PIXELS
 
     parser.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS,
                         help=f"largest image decoded, in pixels, checked from its header (default: {DEFAULT_MAX_PIXELS})")
@@ -298,20 +298,20 @@ def preset_sizes(args: argparse.Namespace) -> tuple[Any, Any]:
     if args.image_size is not None:
         return args.image_size, None
     from padim.data import as_items, full_frame_size
-    from padim.evaluation.datasets import image_shape
+    from padim.images import image_shape
 
     return full_frame_size(*image_shape(as_items(args.train_dir)[0].source)), None
 
 
 def _as_options(call: Any) -> Any:
     """call(), with parameter errors naming the command-line option (--image-size) instead of image_size."""
-    from padim.utils.constraints import PARAMETER_CONSTRAINTS
+    from padim.utils.constraints import PADIM_CONSTRAINTS
 
     try:
         return call()
     except PadimError as exc:
         name, _, rest = str(exc).partition(" ")
-        if name in PARAMETER_CONSTRAINTS:
+        if name in PADIM_CONSTRAINTS:
             raise PadimError(f"--{name.replace('_', '-')} {rest}") from None
         raise
 
@@ -319,10 +319,10 @@ def _as_options(call: Any) -> Any:
 def cmd_calibrate(args: argparse.Namespace) -> None:
     """padim calibrate."""
     from padim.utils.atomic import check_writable
-    from padim.utils.constraints import PARAMETER_CONSTRAINTS, check_value
+    from padim.utils.constraints import PADIM_CONSTRAINTS, check_value
     from padim.model import PaDiM
 
-    check_value("--fpr", args.fpr, PARAMETER_CONSTRAINTS["fpr"])
+    check_value("--fpr", args.fpr, PADIM_CONSTRAINTS["fpr"])
     check_writable(args.output or args.model)
     model = PaDiM.load(args.model, weights=args.weights, device=args.device, engine=args.engine, threads=args.threads,
                        batch_size=args.batch_size, verbose=not args.quiet, max_pixels=args.max_pixels)
@@ -333,7 +333,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 
 def _expand_inputs(inputs: list[str]) -> list[Path]:
     """Folders become their images; files stay."""
-    from padim.data import list_images
+    from padim.images import list_images
 
     paths: list[Path] = []
     for text in inputs:
@@ -521,8 +521,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_benchmark(args: argparse.Namespace) -> None:
     """padim benchmark."""
-    from padim.evaluation.paper_tables import (CONFIGS, Options, combined_table, config_for, markdown_table, paper_table, results_json,
-                                 run_benchmark)
+    from padim.evaluation.paper_report import combined_table, markdown_table, paper_table, results_json
+    from padim.evaluation.paper_tables import CONFIGS, Options, config_for, run_benchmark
     from padim.evaluation.datasets import mvtec, stc
 
     configs = [config_for(args.config) if m == "padim" else CONFIGS[m] for m in args.method]
@@ -618,7 +618,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     data = external_data_path(out) if read_metadata(out)["onnx"]["external_data"] else None
     size = out.stat().st_size + (data.stat().st_size if data else 0)
     check = verify_onnx(model, out)
-    h, w = model.preprocess_.output_size
+    h, w = model.preprocessing.output_size
     print(f"exported {args.model} -> {out} ({size / 1e6:.1f} MB, opset {args.opset}, input image [batch, 3, {h}, {w}]); "
           f"metadata also in {sidecar_path(out)}")
     print(f"max |diff| vs PyTorch on a random batch of {check['batch_size']}: anomaly map {check['map_max_abs_diff']:.3g} "

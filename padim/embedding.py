@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from padim.errors import PadimError
+from padim.errors import InputError
 
 
 def random_channels(n_total: int, n_features: int | None, seed: int) -> torch.Tensor:
@@ -13,7 +13,7 @@ def random_channels(n_total: int, n_features: int | None, seed: int) -> torch.Te
     if n_features is None or n_features == n_total:
         return torch.arange(n_total)
     if not 1 <= n_features <= n_total:
-        raise PadimError(f"n_features must be between 1 and {n_total} (the embedding size), got {n_features}")
+        raise InputError(f"n_features must be between 1 and {n_total} (the embedding size), got {n_features}")
     generator = torch.Generator().manual_seed(seed)
     return torch.randperm(n_total, generator=generator)[:n_features].sort().values
 

@@ -7,7 +7,7 @@ which one fitted it.
 
 - ``torch``: PyTorch eager, the reference.
 - ``torch-fast``: PyTorch with batch norm folded into the convolutions, the dynamic "same" padding of
-  the tf_ EfficientNets made static for the fixed input size, and channels_last memory.
+  the tf_ EfficientNets made static for the fixed input size (padim.torch_fast), and channels_last memory.
 - ``onnxruntime``: the torch-fast network exported to ONNX, run by ONNX Runtime on the CPU.
 - ``openvino``: the same ONNX graph compiled by OpenVINO for the CPU, in float32 (OpenVINO would
   otherwise run bfloat16 on CPUs with AMX/AVX512-BF16, which is not exact).
@@ -20,7 +20,6 @@ which one fitted it.
 
 from __future__ import annotations
 
-import copy
 import importlib
 import io
 import math
@@ -30,14 +29,13 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from padim.backbone import FeatureExtractor
-from padim.errors import PadimWarning
-from padim.utils.cpus import available_cpus, configure_torch_threads
 from padim.embedding import embed_positions
-from padim.errors import PadimError
+from padim.errors import InputError, PadimEnvironmentError, PadimWarning
+from padim.torch_fast import optimised
+from padim.utils.cpus import available_cpus, configure_torch_threads
 
 AUTO = "auto"
 ENGINES = ("torch", "torch-fast", "onnxruntime", "openvino")
@@ -49,7 +47,22 @@ _MAX_COMPILED = 6  # OpenVINO: batch sizes compiled statically at once (others s
 
 
 class TapEmbedding(nn.Module):
-    """Tapped backbone + patch embedding: normalised (B, 3, H, W) -> (h*w, B, d), positions first."""
+    """Tapped backbone + patch embedding: normalised (B, 3, H, W) -> (h*w, B, d), positions first.
+
+    Parameters
+    ----------
+    extractor : FeatureExtractor
+        The tapped backbone.
+    kept : list of torch.Tensor
+        Per tap, the indices of the channels kept (padim.embedding.split_by_tap).
+
+    Attributes
+    ----------
+    extractor : FeatureExtractor
+        The tapped backbone.
+    kept : list of torch.Tensor
+        Copies of the kept channel indices.
+    """
 
     def __init__(self, extractor: FeatureExtractor, kept: list[torch.Tensor]) -> None:
         super().__init__()
@@ -62,7 +75,22 @@ class TapEmbedding(nn.Module):
 
 
 class Engine:
-    """Runs a TapEmbedding on one device; subclasses differ in the runtime."""
+    """Runs a TapEmbedding on one device; subclasses differ in the runtime.
+
+    Parameters
+    ----------
+    device : torch.device
+        Where the embeddings are computed and returned.
+    threads : int
+        CPU threads the runtime uses.
+
+    Attributes
+    ----------
+    name : str
+        The engine's name, one of padim.engine.ENGINES.
+    device, threads
+        As given.
+    """
 
     name = "torch"
 
@@ -77,20 +105,41 @@ class Engine:
         """
         raise NotImplementedError
 
+    def version(self) -> str:
+        """Version of the runtime behind this engine."""
+        return torch.__version__
+
     def describe(self) -> str:
         """One line for logs and `padim info`: engine, version, device, threads."""
         return f"{self.name} {self.version()} on {self.device}" + (
             f", {self.threads} threads" if self.device.type == "cpu" else "")
 
-    def version(self) -> str:
-        """Version of the runtime behind this engine."""
-        return torch.__version__
-
 
 class TorchEngine(Engine):
-    """PyTorch eager, or (fast=True) with folded batch norm, static padding and channels_last."""
+    """PyTorch eager, or (fast=True) with folded batch norm, static padding and channels_last.
 
-    def __init__(self, module: TapEmbedding, size: tuple[int, int], device: torch.device, threads: int,
+    Parameters
+    ----------
+    module : TapEmbedding
+        The network to run.
+    size : (int, int)
+        Input (height, width), fixed for the torch-fast rewrites.
+    device : torch.device
+        Where it runs.
+    threads : int
+        torch's CPU threads (set here on the CPU).
+    fast : bool
+        Apply padim.torch_fast's rewrites and channels_last memory.
+
+    Attributes
+    ----------
+    module : nn.Module
+        The network run (the rewritten copy when fast).
+    fast : bool
+        As given.
+    """
+
+    def __init__(self, module: TapEmbedding, size: tuple[int, int], device: torch.device, threads: int, *,
                  fast: bool) -> None:
         super().__init__(device, threads)
         self.name = "torch-fast" if fast else "torch"
@@ -110,7 +159,20 @@ class TorchEngine(Engine):
 
 
 class OnnxRuntimeEngine(Engine):
-    """The exported network under ONNX Runtime's CPU provider, without spinning threads."""
+    """The exported network under ONNX Runtime's CPU provider, without spinning threads.
+
+    Parameters
+    ----------
+    graph : bytes
+        The ONNX graph (export_graph).
+    threads : int
+        Intra-op threads.
+
+    Attributes
+    ----------
+    session : onnxruntime.InferenceSession
+        The loaded graph.
+    """
 
     name = "onnxruntime"
 
@@ -135,7 +197,24 @@ class OnnxRuntimeEngine(Engine):
 
 
 class OpenVinoEngine(Engine):
-    """The exported network compiled by OpenVINO for the CPU, in float32, one compiled model per batch size."""
+    """The exported network compiled by OpenVINO for the CPU, in float32, one compiled model per batch size.
+
+    Parameters
+    ----------
+    graph : bytes
+        The ONNX graph (export_graph).
+    threads : int
+        Inference threads.
+
+    Attributes
+    ----------
+    model : openvino.Model
+        The graph as read, dynamic in the batch.
+    compiled : OrderedDict
+        Infer requests of the models compiled for one batch size each, least recently used first.
+    dynamic : Any
+        The infer request shared by other batch sizes once _MAX_COMPILED are compiled (None until then).
+    """
 
     name = "openvino"
 
@@ -188,104 +267,6 @@ def _as_numpy(x: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
 
 
-# ------------------------------------------------------------------------------ torch-fast rewrites
-def optimised(module: TapEmbedding, size: tuple[int, int]) -> TapEmbedding:
-    """A copy of the network for inference at one input size: batch norm folded, static 'same' padding."""
-    fast = copy.deepcopy(module).cpu().eval()
-    model = fast.extractor.model
-    taps = set(fast.extractor.layers)
-    convs, pads = _trace_pairs(fast, size)
-    names = {m: n for n, m in model.named_modules()}
-    for bn, conv in convs.items():
-        if names[bn] in taps or names[conv] in taps:
-            continue
-        _fold(conv, bn)
-        _replace(model, names[bn], _after_norm(bn))
-    for conv, pad in pads.items():
-        if names[conv] not in taps:
-            _replace(model, names[conv], StaticPadConv(conv, pad))
-    fast.extractor = FeatureExtractor(model, fast.extractor.layers)
-    return fast
-
-
-def _trace_pairs(module: TapEmbedding, size: tuple[int, int]) -> tuple[dict, dict]:
-    """From one probe pass: the convolution feeding each batch norm, and each dynamic-padding conv's pads."""
-    produced: dict[int, nn.Module] = {}
-    pairs: dict[nn.Module, nn.Module] = {}
-    pads: dict[nn.Module, tuple[int, int, int, int]] = {}
-
-    def after_conv(conv: nn.Module, inputs: Any, output: torch.Tensor) -> None:
-        produced[id(output)] = conv
-        if type(conv).__name__ == "Conv2dSame":
-            pads[conv] = same_padding(tuple(inputs[0].shape[-2:]), conv)
-
-    def before_norm(bn: nn.Module, inputs: Any) -> None:
-        conv = produced.get(id(inputs[0]))
-        if conv is not None and conv.out_channels == bn.num_features:
-            pairs[bn] = conv
-
-    handles = []
-    for m in module.extractor.model.modules():
-        if isinstance(m, nn.Conv2d):
-            handles.append(m.register_forward_hook(after_conv))
-        elif isinstance(m, nn.BatchNorm2d):
-            handles.append(m.register_forward_pre_hook(before_norm))
-    try:
-        with torch.no_grad():
-            module(torch.zeros(1, 3, *size))
-    finally:
-        for h in handles:
-            h.remove()
-    return pairs, pads
-
-
-def same_padding(size: tuple[int, int], conv: nn.Conv2d) -> tuple[int, int, int, int]:
-    """TensorFlow 'SAME' padding (left, right, top, bottom) of a convolution for an input size."""
-    out = []
-    for n, k, s, d in zip(size, conv.kernel_size, conv.stride, conv.dilation):
-        total = max((math.ceil(n / s) - 1) * s + (k - 1) * d + 1 - n, 0)
-        out.append((total // 2, total - total // 2))
-    (top, bottom), (left, right) = out
-    return left, right, top, bottom
-
-
-class StaticPadConv(nn.Module):
-    """A convolution with fixed zero padding computed once for the input size (no per-call shape logic)."""
-
-    def __init__(self, conv: nn.Conv2d, pad: tuple[int, int, int, int]) -> None:
-        super().__init__()
-        self.conv = conv
-        self.pad = pad
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c = self.conv
-        return F.conv2d(F.pad(x, self.pad), c.weight, c.bias, c.stride, 0, c.dilation, c.groups)
-
-
-def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
-    """Fold an eval-mode batch norm into the convolution before it (w' = w g / s, b' = (b - mu) g / s + beta)."""
-    scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1 / torch.sqrt(bn.running_var + bn.eps)
-    shift = (bn.bias.detach() if bn.affine else 0) - bn.running_mean * scale
-    with torch.no_grad():
-        conv.weight.mul_(scale.view(-1, 1, 1, 1))
-        bias = shift if conv.bias is None else conv.bias * scale + shift
-        conv.bias = nn.Parameter(bias.to(conv.weight.dtype), requires_grad=False)
-
-
-def _after_norm(bn: nn.Module) -> nn.Module:
-    """What remains of a folded batch norm: timm's BatchNormAct2d keeps its dropout and activation."""
-    drop, act = getattr(bn, "drop", None), getattr(bn, "act", None)
-    parts = [m for m in (drop, act) if m is not None and not isinstance(m, nn.Identity)]
-    return nn.Sequential(*parts) if parts else nn.Identity()
-
-
-def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
-    """Put `new` at the dotted submodule path `name`."""
-    parent_name, _, attr = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, attr, new)
-
-
 # ------------------------------------------------------------------------------ ONNX and selection
 def export_graph(module: TapEmbedding, size: tuple[int, int]) -> bytes:
     """The optimised network as an ONNX graph in memory, dynamic in the batch."""
@@ -315,13 +296,13 @@ def resolve(name: str, device: str | torch.device) -> list[str]:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
-        raise PadimError(f"unknown device {device!r}: use e.g. 'cpu' or 'cuda'") from None
+        raise InputError(f"unknown device {device!r}: use e.g. 'cpu' or 'cuda'") from None
     if name == AUTO:
         return ["torch-fast", "torch"] if dev.type != "cpu" else list(CPU_ORDER)
     if name not in ENGINES:
-        raise PadimError(f"unknown engine {name!r}: use {AUTO!r} or one of {', '.join(ENGINES)}")
+        raise InputError(f"unknown engine {name!r}: use {AUTO!r} or one of {', '.join(ENGINES)}")
     if name in ("onnxruntime", "openvino") and dev.type != "cpu":
-        raise PadimError(f"engine {name!r} runs on the CPU only, not on {dev}: use engine='auto' or 'torch'")
+        raise InputError(f"engine {name!r} runs on the CPU only, not on {dev}: use engine='auto' or 'torch'")
     return [name]
 
 
@@ -330,25 +311,25 @@ def check_device(device: str | torch.device) -> None:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
-        raise PadimError(f"unknown device {device!r}: use e.g. 'cpu' or 'cuda'") from None
+        raise InputError(f"unknown device {device!r}: use e.g. 'cpu' or 'cuda'") from None
     if dev.type == "cpu":
         return
     if dev.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise PadimError(f"device {str(device)!r}: no CUDA GPU is available to torch here: use --device cpu")
+            raise PadimEnvironmentError(f"device {str(device)!r}: no CUDA GPU is available to torch here: use --device cpu")
         if dev.index is not None and dev.index >= count:
-            raise PadimError(f"device {str(device)!r}: only {count} CUDA GPU(s) here (cuda:0 to cuda:{count - 1})")
+            raise PadimEnvironmentError(f"device {str(device)!r}: only {count} CUDA GPU(s) here (cuda:0 to cuda:{count - 1})")
         return
     if dev.type == "mps":
         if not torch.backends.mps.is_available():
-            raise PadimError(f"device {str(device)!r}: Apple MPS is not available here: use --device cpu")
+            raise PadimEnvironmentError(f"device {str(device)!r}: Apple MPS is not available here: use --device cpu")
         return
-    raise PadimError(f"device {str(device)!r} is not supported: use 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    raise InputError(f"device {str(device)!r} is not supported: use 'cpu', 'cuda', 'cuda:N' or 'mps'")
 
 
-def build_engine(module: TapEmbedding, size: tuple[int, int], name: str = AUTO, device: str | torch.device = "cpu",
-                 threads: int | None = None) -> Engine:
+def build_engine(module: TapEmbedding, size: tuple[int, int], *, name: str = AUTO,
+                 device: str | torch.device = "cpu", threads: int | None = None) -> Engine:
     """The first engine of `resolve(name)` that loads and matches torch eager on a probe batch."""
     dev = torch.device(device)
     threads = threads or available_cpus()
@@ -362,24 +343,24 @@ def build_engine(module: TapEmbedding, size: tuple[int, int], name: str = AUTO, 
         try:
             if candidate in ("onnxruntime", "openvino"):
                 if not installed(candidate):
-                    raise PadimError(f"{candidate} is not installed (pip install {candidate})")
+                    raise PadimEnvironmentError(f"{candidate} is not installed (pip install {candidate})")
                 graph = graph or export_graph(module, size)
             engine = _make(candidate, module, size, dev, threads, graph)
             error = _relative_error(engine(probe).cpu(), reference)
             if not error <= EXACTNESS:
-                raise PadimError(f"its embeddings differ from torch eager by {error:.1e} (relative)")
+                raise PadimEnvironmentError(f"its embeddings differ from torch eager by {error:.1e} (relative)")
             if hasattr(engine, "trim"):
                 engine.trim()
             return engine
         except Exception as exc:  # noqa: BLE001 - any failure of an optional runtime means: try the next
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             if len(candidates) == 1:
-                raise PadimError(f"engine {candidate!r} cannot run here: {reason[:200]}") from None
+                raise PadimEnvironmentError(f"engine {candidate!r} cannot run here: {reason[:200]}") from None
             nxt = candidates[i + 1] if i + 1 < len(candidates) else None
             if nxt is not None and name == AUTO and candidate in ("openvino", "onnxruntime") and not installed(candidate):
                 continue  # not installed: auto quietly tries the next one
             warnings.warn(f"engine {candidate} unavailable ({reason[:160]}): using {nxt}", PadimWarning, stacklevel=2)
-    raise PadimError("no engine could run the backbone")  # unreachable: torch is always last
+    raise PadimEnvironmentError("no engine could run the backbone")  # unreachable: torch is always last
 
 
 def _make(name: str, module: TapEmbedding, size: tuple[int, int], device: torch.device, threads: int,

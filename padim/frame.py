@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from padim.errors import PadimError
+from padim.errors import InputError
 from padim.gaussian import STATS_DTYPE, GaussianStats
 
 # A frame is blank when its contrast is below this fraction of the lowest training frame's. A covered
@@ -72,10 +72,25 @@ def frame_contrast(pixels: torch.Tensor, std: tuple[float, float, float]) -> tor
 
 @dataclass
 class FrameStats:
-    """Streamed statistics of the training frames: their summaries' Gaussian and their lowest contrast."""
+    """Streamed statistics of the training frames: their summaries' Gaussian and their lowest contrast.
 
-    gaussian: GaussianStats  # one position, 2d dimensions
-    contrast_min: float  # inf before the first image
+    Parameters
+    ----------
+    gaussian : GaussianStats
+        Statistics of the frames' 2d-dimensional summaries (frame_descriptors), at one "position".
+    contrast_min : float
+        The lowest training frame contrast (inf before the first image).
+
+    Attributes
+    ----------
+    gaussian, contrast_min
+        As given, updated in place by update and merge.
+    n : int
+        Number of training frames.
+    """
+
+    gaussian: GaussianStats
+    contrast_min: float
 
     @classmethod
     def empty(cls, dim: int, device: torch.device | str = "cpu") -> "FrameStats":
@@ -123,10 +138,25 @@ def oas_weight(matrix: torch.Tensor, n: int) -> float:
 
 @dataclass
 class FrameModel:
-    """The fitted frame check: the summaries' mean and covariance factor, and the training contrast floor."""
+    """The fitted frame check: the summaries' mean and covariance factor, and the training contrast floor.
 
-    mean: torch.Tensor  # (D,) float64
-    cholesky: torch.Tensor  # (D, D) float64, lower: covariance = L L^T
+    Parameters
+    ----------
+    mean : torch.Tensor
+        (D,) float64 mean of the training frames' summaries.
+    cholesky : torch.Tensor
+        (D, D) float64 lower Cholesky factor L of their shrunk covariance (covariance = L L^T).
+    contrast_min : float
+        The lowest training frame contrast.
+
+    Attributes
+    ----------
+    mean, cholesky, contrast_min
+        As given.
+    """
+
+    mean: torch.Tensor
+    cholesky: torch.Tensor
     contrast_min: float
 
     @classmethod
@@ -134,7 +164,7 @@ class FrameModel:
         """Factor the shrunk covariance of the training frames' summaries."""
         lower, info = torch.linalg.cholesky_ex(shrunk_covariance(stats.gaussian, eps))
         if int(info) > 0:
-            raise PadimError("frame covariance is not positive definite: the features contain NaN/inf or eps is too small")
+            raise InputError("frame covariance is not positive definite: the features contain NaN/inf or eps is too small")
         return cls(stats.gaussian.mean[0].clone(), lower, stats.contrast_min)
 
     def scores(self, embedding: torch.Tensor) -> torch.Tensor:

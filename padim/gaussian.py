@@ -9,7 +9,7 @@ import torch
 
 from padim import staircase
 from padim.utils.cpus import run_slices
-from padim.errors import PadimError
+from padim.errors import InputError
 
 STATS_DTYPE = torch.float64
 
@@ -27,7 +27,7 @@ def pack_lower(matrices: torch.Tensor, chunk: int = 256) -> torch.Tensor:
     return torch.cat([m.reshape(m.shape[0], dim * dim)[:, flat] for m in matrices.split(chunk)])
 
 
-def unpack_lower(packed: torch.Tensor, dim: int, dtype: torch.dtype | None = None, chunk: int = 256,
+def unpack_lower(packed: torch.Tensor, dim: int, *, dtype: torch.dtype | None = None, chunk: int = 256,
                  transpose: bool = False) -> torch.Tensor:
     """Inverse of pack_lower (zeros above the diagonal), filled chunk by chunk to bound the working memory.
 
@@ -68,8 +68,8 @@ def row_blocks(dim: int) -> list[tuple[int, int, int]]:
     return blocks
 
 
-def triangle_size(dim: int) -> int:
-    """Numbers stored per position for a d x d symmetric matrix in row blocks."""
+def row_blocks_numel(dim: int) -> int:
+    """Numbers stored per position for a d x d symmetric matrix in row blocks (more than d(d+1)/2, see row_blocks)."""
     r0, r1, offset = row_blocks(dim)[-1]
     return offset + (r1 - r0) * r1
 
@@ -82,11 +82,27 @@ class GaussianStats:
     LeVeque (1979): exact in any order, and free of the cancellation a raw sum of squares suffers
     when features have a large offset. The symmetric scatter keeps only its lower triangle, in
     row blocks (see row_blocks): 4.3 GB instead of 7.6 GB for WR50-Rd550 at 224 px.
+
+    Parameters
+    ----------
+    n : int
+        Number of samples (images) seen.
+    mean : torch.Tensor
+        (P, d) float64 means, one row per position.
+    scatter : torch.Tensor
+        (P, row_blocks_numel(d)) float64: each position's scatter, its lower triangle in row blocks.
+
+    Attributes
+    ----------
+    n, mean, scatter
+        As given, updated in place by update and merge.
+    dim : int
+        Embedding dimension d.
     """
 
     n: int
-    mean: torch.Tensor  # (P, d) float64
-    scatter: torch.Tensor  # (P, triangle_size(d)) float64, lower triangles in row blocks
+    mean: torch.Tensor
+    scatter: torch.Tensor
 
     @classmethod
     def empty(cls, n_positions: int, dim: int, device: torch.device | str = "cpu") -> "GaussianStats":
@@ -94,11 +110,11 @@ class GaussianStats:
         return cls(
             0,
             torch.zeros(n_positions, dim, dtype=STATS_DTYPE, device=device),
-            torch.zeros(n_positions, triangle_size(dim), dtype=STATS_DTYPE, device=device),
+            torch.zeros(n_positions, row_blocks_numel(dim), dtype=STATS_DTYPE, device=device),
         )
 
     @classmethod
-    def from_packed(cls, n: int, mean: torch.Tensor, packed: torch.Tensor, chunk: int = 256) -> "GaussianStats":
+    def from_packed(cls, n: int, mean: torch.Tensor, packed: torch.Tensor, *, chunk: int = 256) -> "GaussianStats":
         """Statistics from a mean and packed lower-triangle scatters (the model file's layout)."""
         stats = cls.empty(mean.shape[0], mean.shape[1], mean.device)
         stats.n = n
@@ -157,7 +173,7 @@ class GaussianStats:
     def merge(self, other: "GaussianStats") -> None:
         """Add another set of statistics over the same positions and dimensions."""
         if other.mean.shape != self.mean.shape or other.scatter.shape != self.scatter.shape:
-            raise PadimError(f"cannot merge statistics of shape {tuple(other.mean.shape)} into {tuple(self.mean.shape)}")
+            raise InputError(f"cannot merge statistics of shape {tuple(other.mean.shape)} into {tuple(self.mean.shape)}")
         self.scatter.add_(other.scatter.to(self.scatter.device))
         self._combine(other.n, other.mean.to(self.mean.device), None, slice(None))
         self.n += other.n
@@ -190,7 +206,7 @@ class GaussianStats:
     def lower_covariance(self, eps: float, positions: slice = slice(None)) -> torch.Tensor:
         """The lower triangles (and diagonal blocks) of `covariance`, zeros elsewhere: what Cholesky reads."""
         if self.n == 0:
-            raise PadimError("no training images: the Gaussians are undefined")
+            raise InputError("no training images: the Gaussians are undefined")
         views = self._block_views(positions)
         cov = torch.zeros(views[0].shape[0], self.dim, self.dim, dtype=self.scatter.dtype, device=self.scatter.device)
         if self.n > 1:
@@ -206,6 +222,24 @@ class BatchBuffer:
     Each GaussianStats.update reads and writes the whole float64 scatter, so updating with a few
     hundred embeddings at once instead of 32 cuts that memory traffic (the fit's bottleneck once the
     backbone is fast) several times; the block is bounded to `max_bytes`.
+
+    Parameters
+    ----------
+    stats : GaussianStats
+        The statistics the batches are added to.
+    max_bytes : int
+        Size bound of the float32 block.
+
+    Attributes
+    ----------
+    stats : GaussianStats
+        As given.
+    capacity : int
+        Embeddings per position the block holds.
+    block : torch.Tensor or None
+        The (P, capacity, d) block, allocated on the first batch.
+    filled : int
+        Embeddings per position queued in it.
     """
 
     def __init__(self, stats: GaussianStats, max_bytes: int = 1 << 28) -> None:
@@ -268,7 +302,7 @@ def precision_factor(stats: GaussianStats, eps: float, chunk: int | None = None)
 
     run_slices(factor_slice, n_pos, chunk or factor_chunk(dim), stats.mean.device)
     if failed:
-        raise PadimError("covariance is not positive definite: the features contain NaN/inf or eps is too small")
+        raise InputError("covariance is not positive definite: the features contain NaN/inf or eps is too small")
     return stairs
 
 

@@ -20,18 +20,18 @@ from padim.calibration import DEFAULT_FPR, Calibration
 from padim.errors import PadimWarning
 from padim.backbone import DEFAULT_BACKBONE, RANDOM, Backbone, build_backbone, spec_for
 from padim.utils.cpus import available_cpus
-from padim.data import (DEFAULT_MAX_PIXELS, Batch, Preprocess, as_items, as_size, check_finite,
-                        iter_batches, n_batches)
+from padim.data import Batch, Preprocess, as_items, check_finite, iter_batches, n_batches
+from padim.images import DEFAULT_MAX_PIXELS
 from padim.embedding import positions_to_maps, random_channels, split_by_tap
-from padim.utils.constraints import (FILE_CONSTRAINTS, PARAMETER_CONSTRAINTS, check_memory, check_params, check_threshold,
-                               check_value)
+from padim.utils.constraints import (FILE_CONSTRAINTS, PADIM_CONSTRAINTS, Check, CheckedParameters, check_memory,
+                                    check_params, check_threshold, check_value, validate_params)
 from padim.engine import AUTO, Engine, TapEmbedding, build_engine, check_device, resolve
 from padim.errors import PadimError
 from padim.frame import FrameModel, FrameStats, frame_contrast, frame_reasons
 from padim.gaussian import BatchBuffer, GaussianStats, precision_factor
 from padim.modelfile import read_model, write_model
 from padim.plan import Plan, make_plan
-from padim.scoring import image_scores, mahalanobis, patch_distances, smooth_maps, smoothing_matrices, split_mean
+from padim.scoring import image_scores, mahalanobis_distance, patch_distances, smooth_maps, smoothing_matrices, split_mean
 
 
 class PadimNet(nn.Module):
@@ -103,7 +103,7 @@ class PadimNet(nn.Module):
 
     def patch_distances(self, embedding: torch.Tensor) -> torch.Tensor:
         """Mahalanobis distance (B, h, w) of every patch of (B, d, h, w) embeddings to its position's Gaussian."""
-        return mahalanobis(embedding, self.mean, staircase.to_upper(self.factor).transpose(1, 2))
+        return mahalanobis_distance(embedding, self.mean, staircase.to_upper(self.factor).transpose(1, 2))
 
 
 @dataclass
@@ -182,26 +182,107 @@ def _check_file_values(meta: dict) -> None:
     check_value("statistics", meta.get("statistics", False), rules["statistics"])
 
 
-class PaDiM:
-    """PaDiM anomaly detector (Defard et al., 2020).
+class PaDiM(CheckedParameters):
+    """PaDiM anomaly detector (Defard et al., 2020): one multivariate Gaussian per patch position.
 
-    Parameters follow the paper by default: efficientnet_lite0 (real ImageNet weights that install
-    offline) tapped at strides 4, 8, 16; resize 256 (bicubic), center crop 224; eps = 0.01; sigma = 4.
-    `n_features=None` uses the backbone's Rd default (100 for resnet18, 550 for wide_resnet50_2, every
-    channel otherwise); "all" keeps every channel. `reduction="pca"` projects the embeddings on their
-    n_features principal components instead (fitted on the training embeddings, paper Table II). `weights`: None finds ImageNet weights offline,
-    a path reads a .pth/.safetensors file, "random" gives seeded random weights (tests only).
-    `holdout` > 0 keeps that fraction of the good training images (seeded) out of the fit to set the
-    thresholds at the target false-positive rate `fpr`; `calibrate()` does the same on a separate set.
-    `engine` runs the backbone ("auto": the fastest exact runtime installed, see padim.engine; or
-    "torch", "torch-fast", "onnxruntime", "openvino"); any engine predicts with a model any other fitted.
-    `threads`: CPU threads for it (None: the CPUs this process may use, from its affinity and quota).
-    `max_pixels`: largest image file decoded, checked from its header (None: no limit of padim's own).
+    The defaults follow the paper: efficientnet_lite0 (real ImageNet weights that install offline)
+    tapped at strides 4, 8, 16; resize 256 (bicubic), center crop 224; eps = 0.01; sigma = 4.
+    Every parameter is checked against ``padim.utils.constraints.PADIM_CONSTRAINTS`` when the model
+    is made, and again, with the device and the engine, before anything is fitted.
+
+    Parameters
+    ----------
+    backbone : str
+        A known backbone (padim.backbone.BACKBONES) or any timm model name (then ``layers`` is needed).
+    layers : sequence of str or None
+        Modules whose outputs are tapped, shallowest first; None: the backbone's paper taps.
+    n_features : int, "all" or None
+        Embedding channels kept: None the backbone's Rd default (100 for resnet18, 550 for
+        wide_resnet50_2, every channel otherwise), "all" every channel, an int that many.
+    reduction : {"random", "pca"}
+        "random" keeps n_features seeded random channels (the paper's Rd); "pca" projects the
+        embeddings on their n_features principal components, fitted on the training embeddings
+        (paper Table II).
+    eps : float
+        Added to the diagonal of every covariance (the regulariser of Eq. 1).
+    image_size : int or (int, int)
+        Side, or (height, width), images are resized to.
+    crop_size : int, (int, int) or None
+        Center crop taken after the resize; None keeps the whole resized image.
+    seed : int
+        Seed of the Rd channels, the holdout split and random weights.
+    device : str
+        Torch device: "cpu", "cuda", "cuda:N" or "mps".
+    batch_size : int
+        Images per forward pass.
+    weights : str, path or None
+        None finds ImageNet weights offline, a path reads a .pth/.safetensors file, "random" gives
+        seeded random weights (tests only).
+    sigma : float
+        Standard deviation, in pixels, of the Gaussian that smooths the anomaly maps (0: none).
+    workers : int or None
+        Background threads decoding images; None: padim.data.decode_threads decides.
+    verbose : bool
+        Progress bars and the engine line on stderr.
+    holdout : float
+        Fraction of the good training images (seeded) kept out of the fit to set the thresholds
+        at the false-positive rate ``fpr``; 0 keeps none (``calibrate()`` does the same on a separate set).
+    fpr : float
+        Target false-positive rate of the thresholds, in (0, 1).
+    engine : str
+        Runtime of the backbone: "auto" (the fastest exact one installed, see padim.engine),
+        "torch", "torch-fast", "onnxruntime" or "openvino"; any engine predicts with a model any
+        other fitted.
+    threads : int or None
+        CPU threads of the engine; None: the CPUs this process may use (affinity and quota).
+    max_pixels : int or None
+        Largest image file decoded, checked from its header; None: no limit of padim's own.
+
+    Attributes
+    ----------
+    preprocessing : Preprocess
+        The resize, crop and normalisation these parameters define (exists before fit).
+    backbone_ : Backbone
+        The tapped backbone, with its channels, strides and weight source.
+    channel_indices_ : torch.Tensor
+        Sorted indices (int64) of the embedding channels kept (every channel with PCA).
+    n_components_ : int
+        Principal components kept (reduction="pca" only).
+    components_ : torch.Tensor or None
+        The PCA projection (D, d), float32; None with random channels.
+    net_ : PadimNet
+        The pure torch network holding the fitted Gaussians.
+    engine_ : Engine or None
+        The engine running the backbone, built on first use.
+    stats_ : GaussianStats or None
+        The streamed statistics (count, means, scatters); None for a model loaded without them.
+    frame_stats_ : FrameStats or None
+        Statistics of the frame check (padim.frame); None for files saved before it.
+    frame_ : FrameModel or None
+        The fitted frame check.
+    calibration_ : Calibration or None
+        Thresholds set by ``holdout`` or ``calibrate()``.
+    feature_shape_ : (int, int)
+        The feature grid (h, w) of the first tap.
+    n_samples_seen_ : int
+        Training images the statistics hold.
+    created_ : str
+        UTC time of the last fit, ISO 8601.
+    mean_, precision_cholesky_, covariance_ : torch.Tensor
+        Per-position means (P, d), inverse Cholesky factors W (P, d, d) with precision W^T W, and
+        regularised covariances (P, d, d; needs the statistics).
+    embedding_dim_ : int
+        Dimension d of the patch embeddings.
     """
+
+    _parameter_constraints = PADIM_CONSTRAINTS
+    _parameter_checks = (Check(Preprocess.from_sizes, ("image_size", "crop_size")),  # the crop inside the image
+                         Check(resolve, ("engine", "device")), Check(check_device, ("device",)))
 
     def __init__(
         self,
         backbone: str = DEFAULT_BACKBONE,
+        *,
         layers: tuple[str, ...] | list[str] | None = None,
         n_features: int | str | None = None,
         reduction: str = "random",
@@ -240,25 +321,18 @@ class PaDiM:
         self.engine = engine
         self.threads = threads
         self.max_pixels = max_pixels
-        check_params({name: getattr(self, name) for name in PARAMETER_CONSTRAINTS})  # fit() checks again, with devices
+        validate_params(self, checks=False)  # fit() checks again, with the devices
 
     # ----------------------------------------------------------------------------- set-up
     @property
-    def preprocess_(self) -> Preprocess:
+    def preprocessing(self) -> Preprocess:
         """The preprocessing these parameters define."""
-        return Preprocess(as_size(self.image_size), as_size(self.crop_size))  # type: ignore[arg-type]
-
-    def _check_params(self) -> None:
-        """Reject parameter values that cannot work, before any image is read (see padim.utils.constraints)."""
-        check_params({name: getattr(self, name) for name in PARAMETER_CONSTRAINTS})
-        self.preprocess_  # noqa: B018 - crop within the image
-        resolve(self.engine, self.device)
-        check_device(self.device)
+        return Preprocess.from_sizes(self.image_size, self.crop_size)
 
     def _init_network(self) -> None:
         """Build the backbone and draw the Rd channels (once, before the first batch)."""
         self._check_params()
-        backbone = build_backbone(self.backbone, self.layers, self.weights, self.seed)
+        backbone = build_backbone(self.backbone, layers=self.layers, weights=self.weights, seed=self.seed)
         n_total = sum(backbone.channels)
         n_features = self.n_features
         if n_features is None:
@@ -273,8 +347,8 @@ class PaDiM:
             n_features = None
         self.channel_indices_ = random_channels(n_total, n_features, self.seed)  # type: ignore[arg-type]
         d = self.n_components_ if self.reduction == "pca" else int(self.channel_indices_.numel())
-        check_memory(self.preprocess_.output_size, backbone.strides[0], d)
-        self.net_ = PadimNet(backbone, self.channel_indices_, self.sigma, self.preprocess_.output_size).to(self.device)
+        check_memory(self.preprocessing.output_size, backbone.strides[0], d)
+        self.net_ = PadimNet(backbone, self.channel_indices_, self.sigma, self.preprocessing.output_size).to(self.device)
         self.engine_: Engine | None = None
         self.components_: torch.Tensor | None = None
         self.stats_: GaussianStats | None = None
@@ -330,7 +404,7 @@ class PaDiM:
     def calibrate(self, good_images: Any, fpr: float | None = None, source: str | None = None) -> "PaDiM":
         """Set image and pixel thresholds at a false-positive rate on good images the fit has not seen."""
         fpr = self.fpr if fpr is None else fpr
-        check_value("fpr", fpr, PARAMETER_CONSTRAINTS["fpr"])  # before any image is scored
+        check_value("fpr", fpr, PADIM_CONSTRAINTS["fpr"])  # before any image is scored
         items = as_items(good_images)
         pred = self.predict(items)
         self.calibration_ = Calibration.from_predictions(
@@ -369,7 +443,7 @@ class PaDiM:
             # A NaN/inf anywhere in an image's embedding makes its sum non-finite: one reduction, not a mask.
             check_finite(emb.sum(dim=(0, 2)), batch)
             if frame is not None:  # before the buffer: the same embeddings, in the same pass
-                frame.update(emb, frame_contrast(batch.pixels, self.preprocess_.std))
+                frame.update(emb, frame_contrast(batch.pixels, self.preprocessing.std))
             buffer.add(emb)
         buffer.flush()
         return stats
@@ -435,7 +509,7 @@ class PaDiM:
             "layers": self.backbone_.layers,
             "reduction": self.reduction,
             "weights": self.backbone_.source.sha256,
-            "preprocessing": self.preprocess_.to_dict(),
+            "preprocessing": self.preprocessing.to_dict(),
             "feature grid": self.feature_shape_,
             "eps": float(self.eps),
         }
@@ -483,8 +557,8 @@ class PaDiM:
     def engine_for_device(self) -> Engine:
         """The engine running the backbone (built on first use: 'auto' measures nothing, it checks exactness)."""
         if getattr(self, "engine_", None) is None:
-            self.engine_ = build_engine(self.net_.features, self.preprocess_.output_size, self.engine,
-                                        self.device, self.threads)
+            self.engine_ = build_engine(self.net_.features, self.preprocessing.output_size, name=self.engine,
+                                        device=self.device, threads=self.threads)
             if self.verbose:
                 print(f"engine: {self.engine_.describe()}", file=sys.stderr)
         return self.engine_
@@ -499,7 +573,7 @@ class PaDiM:
             # Their threads run outside the GIL: one decoding thread overlaps them (+5-9% on 2 cores),
             # where beside torch's own OpenMP threads it costs a little.
             workers = 1
-        batches = iter_batches(items, self.preprocess_, self.batch_size, workers, self.max_pixels)
+        batches = iter_batches(items, self.preprocessing, self.batch_size, workers=workers, max_pixels=self.max_pixels)
         bar = tqdm(batches, total=n_batches(len(items), self.batch_size), desc=what, unit="batch",
                    disable=not self.verbose, leave=False)
         with torch.no_grad():
@@ -522,7 +596,7 @@ class PaDiM:
         items = as_items(images)
         frame = getattr(self, "frame_", None)
         for batch, emb in self._embeddings(items, "predict"):
-            contrast = frame_contrast(batch.pixels, self.preprocess_.std)
+            contrast = frame_contrast(batch.pixels, self.preprocessing.std)
             checks = {"contrast": contrast.cpu().numpy(), "frame_scores": None, "blank": None}
             if frame is not None:  # before scoring: score_positions centres the embeddings in place
                 checks["frame_scores"] = frame.scores(emb).cpu().numpy()
@@ -552,7 +626,7 @@ class PaDiM:
             for key, value in batch_checks.items():
                 checks[key].append(value)
             if original_size:
-                maps += [self.preprocess_.to_original(m[None].cpu(), s)[0].numpy()
+                maps += [self.preprocessing.to_original(m[None].cpu(), s)[0].numpy()
                          for m, s in zip(batch_maps, batch.original_sizes)]
             else:
                 maps.append(batch_maps.cpu().numpy())
@@ -585,7 +659,7 @@ class PaDiM:
             "seed": int(self.seed),
             "eps": float(self.eps),
             "sigma": float(self.sigma),
-            "preprocessing": self.preprocess_.to_dict(),
+            "preprocessing": self.preprocessing.to_dict(),
             "feature_shape": list(self.feature_shape_),
             "n_samples_seen": int(self.n_samples_seen_),
             "frame": self._frame_meta(),
@@ -640,7 +714,7 @@ class PaDiM:
         cls, path: str | os.PathLike, weights: str | os.PathLike | None = None, device: str = "cpu", **params: Any
     ) -> "PaDiM":
         """Read a model file, rebuild its backbone and check the weights are the ones it was fitted with."""
-        check_params(params)  # the caller's values, refused as such (not as the file's) and before reading it
+        check_params(params, PADIM_CONSTRAINTS)  # the caller's values, refused as such (not as the file's) and before reading it
         check_device(device)
         tensors, meta = read_model(path)
         # The file is memory-mapped: copy what the model keeps, so that once the big factor and scatter
@@ -671,9 +745,9 @@ class PaDiM:
             sigma=meta["sigma"], **params,
         )
         model._check_params()
-        if Preprocess.from_dict(pre) != model.preprocess_:
+        if Preprocess.from_dict(pre) != model.preprocessing:
             raise PadimError(f"{path}: preprocessing in the file is not one this version can reproduce")
-        backbone = build_backbone(model.backbone, model.layers, weights, source.get("seed") or 0)
+        backbone = build_backbone(model.backbone, layers=model.layers, weights=weights, seed=source.get("seed") or 0)
         if backbone.source.sha256 != source["sha256"]:
             raise PadimError(
                 f"{path}: backbone weights differ from those the model was fitted with "
@@ -720,7 +794,7 @@ class PaDiM:
             raise PadimError(f"{path}: model was fitted on {n} images")
         self.backbone_ = backbone
         self.channel_indices_ = idx
-        self.net_ = PadimNet(backbone, idx, self.sigma, self.preprocess_.output_size).to(self.device)
+        self.net_ = PadimNet(backbone, idx, self.sigma, self.preprocessing.output_size).to(self.device)
         self.engine_ = None
         if tuple(self.net_.grid) != (int(h), int(w)):
             raise PadimError(f"{path}: the backbone gives a {self.net_.grid} feature grid, the file says {(h, w)}")

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from padim import staircase
-from padim.errors import PadimError
-from padim.gaussian import GaussianStats, factor_chunk, triangle_size
+from padim.errors import PadimEnvironmentError
+from padim.gaussian import GaussianStats, factor_chunk, row_blocks_numel
 
 if TYPE_CHECKING:
     from padim.model import PaDiM
@@ -100,14 +100,40 @@ def memory_headroom() -> int | None:
 # ------------------------------------------------------------------------------ the plan
 @dataclass
 class Plan:
-    """Planned peaks (bytes) and times (seconds per image) of fitting n_images and predicting."""
+    """Planned peaks (bytes) and times (seconds per image) of fitting n_images and predicting.
+
+    Parameters
+    ----------
+    n_images : int
+        Images the fit is planned for.
+    positions, dim, batch_size : int
+        The model's positions P, embedding dimension d and batch size.
+    engine : str
+        The engine (its description once built).
+    rss_when_planned : int
+        Resident memory of the process when planned, bytes.
+    fit_peak, predict_peak : int
+        Planned peak resident memory of the fit and of predicting, bytes.
+    model_file, resumable_file, export_file : int
+        Sizes of the model file, of one with statistics, and of the ONNX export, bytes.
+    headroom : int or None
+        Memory the process can still get, bytes (None: unknown).
+    fit_s_per_image, predict_s_per_image : float or None
+        Measured seconds per image (None: not measured).
+    fixed_fit_s : float or None
+        Measured seconds of the fit's factorisation, whatever the number of images.
+
+    Attributes
+    ----------
+    The parameters, as given.
+    """
 
     n_images: int
     positions: int
     dim: int
     batch_size: int
     engine: str
-    now: int  # resident memory of the process when planned
+    rss_when_planned: int
     fit_peak: int
     predict_peak: int
     model_file: int
@@ -120,28 +146,30 @@ class Plan:
 
     def fits_in_memory(self) -> bool:
         """Whether the planned fit peak fits in the memory the process can still get."""
-        return self.headroom is None or self.fit_peak - self.now <= self.headroom
+        return self.headroom is None or self.fit_peak - self.rss_when_planned <= self.headroom
 
     def check(self) -> None:
         """Stop with one line naming what to change when the planned fit cannot fit in memory."""
         if not self.fits_in_memory():
-            raise PadimError(
-                f"planned fit peak {self.fit_peak / MB:,.0f} MB exceeds the {(self.now + self.headroom) / MB:,.0f} MB "
-                f"available to this process (d={self.dim}, {self.positions} positions): lower n_features "
-                f"(--n-features), the image size (--image-size/--crop-size) or the batch size")
+            raise PadimEnvironmentError(
+                f"planned fit peak {self.fit_peak / MB:,.0f} MB exceeds the "
+                f"{(self.rss_when_planned + self.headroom) / MB:,.0f} MB available to this process (d={self.dim}, "
+                f"{self.positions} positions): lower n_features (--n-features), the image size "
+                f"(--image-size/--crop-size) or the batch size")
 
     def lines(self) -> list[str]:
         """Human-readable lines, as `padim fit --plan` prints them."""
         def per(s: float | None) -> str:
             return "not measured" if s is None else f"{1e3 * s:.1f} ms/image ({1 / s:.1f} img/s)"
 
-        limit = "unknown" if self.headroom is None else f"{(self.now + self.headroom) / MB:,.0f} MB"
+        limit = "unknown" if self.headroom is None else f"{(self.rss_when_planned + self.headroom) / MB:,.0f} MB"
         fit_time = "" if self.fit_s_per_image is None else (
             f", about {self.n_images * self.fit_s_per_image + (self.fixed_fit_s or 0):.0f} s for {self.n_images} images")
         return [
             f"plan: {self.n_images} images, {self.positions} positions x d={self.dim}, batch {self.batch_size}, "
             f"engine {self.engine}",
-            f"  fit peak      {self.fit_peak / MB:,.0f} MB (process now {self.now / MB:,.0f} MB; available {limit})"
+            f"  fit peak      {self.fit_peak / MB:,.0f} MB "
+            f"(process now {self.rss_when_planned / MB:,.0f} MB; available {limit})"
             + ("" if self.fits_in_memory() else "  <- DOES NOT FIT"),
             f"  predict peak  {self.predict_peak / MB:,.0f} MB (streaming, any number of images)",
             f"  model file    {self.model_file / MB:,.0f} MB ({self.resumable_file / MB:,.0f} MB with --resumable); "
@@ -153,7 +181,7 @@ class Plan:
 
 def make_plan(model: "PaDiM", n_images: int, measure: bool = True) -> Plan:
     """The plan of a model whose network is built (PaDiM.plan builds it); measure=False skips the probe."""
-    net, pre = model.net_, model.preprocess_
+    net, pre = model.net_, model.preprocessing
     p = net.grid[0] * net.grid[1]
     d = model.n_components_ if model.reduction == "pca" else int(model.channel_indices_.numel())
     n_total = sum(model.backbone_.channels)
@@ -167,7 +195,7 @@ def make_plan(model: "PaDiM", n_images: int, measure: bool = True) -> Plan:
     n_fit = max(1, n_images - (round(model.holdout * n_images) if model.holdout else 0))
 
     stairs = 4 * p * sum((e - a) * e for a, e in zip(staircase.stair_edges(d), staircase.stair_edges(d)[1:]))
-    scatter, means = 8 * p * triangle_size(d), 8 * p * d
+    scatter, means = 8 * p * row_blocks_numel(d), 8 * p * d
     block = 4 * p * d * min(n_fit, max(1, (1 << 28) // (4 * p * d)))
     batch_io = 2 * 4 * b * 3 * h * w + 4 * p * b * max(d, n_total if model.reduction == "pca" else d)
     updating = threads * min(UPDATE_SLICE_BYTES, 8 * p * (block // (4 * p * d) + 1) * d)
@@ -180,7 +208,7 @@ def make_plan(model: "PaDiM", n_images: int, measure: bool = True) -> Plan:
     weights = sum(t.numel() * t.element_size() for t in (*net.extractor.parameters(), *net.extractor.buffers()))
     smoothing = 4 * (net.smooth_h.numel() + net.smooth_w.numel())
     plan = Plan(
-        n_images=n_images, positions=p, dim=d, batch_size=b, engine=_engine_name(model), now=now,
+        n_images=n_images, positions=p, dim=d, batch_size=b, engine=_engine_name(model), rss_when_planned=now,
         fit_peak=int(fit_peak), predict_peak=int(predict_peak), model_file=4 * packed + means + frame,
         resumable_file=12 * packed + means + frame, export_file=weights + stairs + means + smoothing, headroom=memory_headroom(),
     )
@@ -220,7 +248,7 @@ def _probe_engine(model: "PaDiM", batch: int, before: int) -> tuple[int, float]:
     """(peak memory beyond `before` of building and running the engine, seconds per image), on zeros."""
     reset_peak_rss()
     engine = model.engine_for_device()
-    x = torch.zeros(batch, 3, *model.preprocess_.output_size)
+    x = torch.zeros(batch, 3, *model.preprocessing.output_size)
     with torch.no_grad():
         seconds = _best_time(lambda: engine(x), repeat=2) / batch
     return max(0, int(peak_rss_mb() * MB) - before), seconds

@@ -28,7 +28,7 @@ def centre_(x: torch.Tensor, mean_hi: torch.Tensor, mean_lo: torch.Tensor) -> to
 
 
 def patch_distances(embedding: torch.Tensor, stairs: list[torch.Tensor], mean_hi: torch.Tensor | None = None,
-                    mean_lo: torch.Tensor | None = None, chunk: int | None = None) -> torch.Tensor:
+                    mean_lo: torch.Tensor | None = None, *, chunk: int | None = None) -> torch.Tensor:
     """Mahalanobis distances (P, B) of positions-first (P, B, d) embeddings, given the stairs of U = W^T.
 
     With mean_hi/mean_lo (split_mean) the embeddings are centred first, in place. Row b of x_p U is
@@ -52,9 +52,12 @@ def patch_distances(embedding: torch.Tensor, stairs: list[torch.Tensor], mean_hi
     return out
 
 
-def mahalanobis(embedding: torch.Tensor, mean: torch.Tensor, prec_chol: torch.Tensor,
-                chunk: int | None = None) -> torch.Tensor:
-    """Mahalanobis distance of every patch, (B, d, h, w) -> (B, h, w), with precision = W^T W (W = prec_chol)."""
+def mahalanobis_distance(embedding: torch.Tensor, mean: torch.Tensor, prec_chol: torch.Tensor, *,
+                         chunk: int | None = None) -> torch.Tensor:
+    """Mahalanobis distance of every patch, (B, d, h, w) -> (B, h, w), with precision = W^T W (W = prec_chol).
+
+    The distance itself, the square root of what scikit-learn's EmpiricalCovariance.mahalanobis returns.
+    """
     b, d, h, w = embedding.shape
     x = embedding.flatten(2).permute(2, 0, 1).to(torch.float32, copy=True)  # (P, B, d)
     stairs = staircase.from_upper(prec_chol.transpose(1, 2))

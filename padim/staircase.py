@@ -50,7 +50,7 @@ def to_upper(stairs: list[torch.Tensor]) -> torch.Tensor:
     return out
 
 
-def from_packed(packed: torch.Tensor, dim: int, dtype: torch.dtype = torch.float32,
+def from_packed(packed: torch.Tensor, dim: int, *, dtype: torch.dtype = torch.float32,
                 chunk: int = 256) -> list[torch.Tensor]:
     """Stairs of U = W^T from W's packed lower triangles (P, d(d+1)/2), chunk by chunk to bound memory."""
     stairs = []

@@ -62,3 +62,10 @@ def decoded_as_stored(path: Path) -> np.ndarray:
     """The JPEG's pixels as stored, without applying its orientation (what padim used to inspect)."""
     with Image.open(path) as img:
         return np.asarray(img.convert("RGB"))
+
+
+def write_png(path: Path, size: int = 32) -> Path:
+    """A valid RGB PNG of seeded random pixels."""
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
+    return path

@@ -7,9 +7,20 @@ from pathlib import Path
 import pytest
 import torch
 
+from padim.backbone import build_backbone
+from padim.errors import PadimError
 from padim.evaluation.synthetic import make_inspection_set
 
 torch.set_num_threads(2)  # the LU pitfall this project avoids shows with more than one thread
+
+def error(fn, *args, **kwargs) -> str:
+    """The message of the PadimError fn raises; also checks it is one line."""
+    with pytest.raises(PadimError) as info:
+        fn(*args, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
 
 # A small, fast configuration: random (explicitly requested) ResNet18 weights, 64x64 inputs, 32 features.
 TINY = dict(backbone="resnet18", weights="random", image_size=64, crop_size=None, n_features=32,
@@ -37,3 +48,19 @@ def empty_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hf_home / "hub"))
     assert Path(torch.hub.get_dir()) == torch_home / "hub"
     return tmp_path
+
+
+# A ResNet18 with seeded random weights, its state dict and a probe batch (the backbone tests).
+@pytest.fixture(scope="module")
+def r18():
+    return build_backbone("resnet18", weights="random", seed=7)
+
+
+@pytest.fixture(scope="module")
+def r18_state(r18) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in r18.extractor.model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def probe_input() -> torch.Tensor:
+    return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))

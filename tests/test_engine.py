@@ -14,13 +14,14 @@ from torch import nn
 from padim import PaDiM
 from padim.backbone import build_backbone
 from padim.errors import PadimWarning
-from padim.data import Preprocess, pil_to_tensor
+from padim.data import Preprocess
+from padim.images import pil_to_tensor
 from padim.embedding import embed, split_by_tap
-from padim.engine import (AUTO, ENGINES, EXACTNESS, TapEmbedding, build_engine, default_engine, optimised,
-                          resolve, same_padding)
+from padim.engine import AUTO, ENGINES, EXACTNESS, TapEmbedding, build_engine, default_engine, resolve
 from padim.errors import PadimError
 from padim.evaluation.metrics import image_auroc, pixel_auroc
 from padim.scoring import anomaly_maps
+from padim.torch_fast import optimised, same_padding
 from padim.evaluation.synthetic import load_split, make_inspection_set
 
 SIZE = (224, 224)
@@ -45,7 +46,7 @@ def photos() -> torch.Tensor:
 def test_every_engine_reproduces_torch_eager_on_real_weights_and_photos(name, lite0, photos) -> None:
     with torch.no_grad():
         want = lite0(photos)  # (3136, 5, 176): every tap value, repeated over the first grid
-    engine = build_engine(lite0, SIZE, name)
+    engine = build_engine(lite0, SIZE, name=name)
     assert engine.name == name
     for batch in (photos[:1], photos):  # batch 1 and 5: static shapes compiled per batch size
         got = engine(batch).cpu()
@@ -77,7 +78,7 @@ def demo_figures(category, model: PaDiM) -> tuple[np.ndarray, np.ndarray, float,
     """Maps, scores, image AUROC and pixel AUROC of a model on a miniature demo category."""
     train, test, mask_paths = load_split(category)
     pred = model.fit(train).predict(test)
-    masks = [model.preprocess_.mask(np.asarray(Image.open(m))) if m else np.zeros(pred.maps.shape[1:], bool)
+    masks = [model.preprocessing.mask(np.asarray(Image.open(m))) if m else np.zeros(pred.maps.shape[1:], bool)
              for m in mask_paths]
     labels = [m is not None for m in mask_paths]
     return pred.maps, pred.scores, image_auroc(labels, pred.scores), pixel_auroc(masks, pred.maps)
@@ -86,18 +87,18 @@ def demo_figures(category, model: PaDiM) -> tuple[np.ndarray, np.ndarray, float,
 def reference_maps(model: PaDiM, images) -> np.ndarray:
     """Yesterday's path: eager taps, resize-based embedding, float64 Mahalanobis, bicubic resize, conv blur."""
     net = model.net_
-    pixels = torch.stack([model.preprocess_(pil_to_tensor(Image.open(p), str(p))) for p in images])
+    pixels = torch.stack([model.preprocessing(pil_to_tensor(Image.open(p), str(p))) for p in images])
     with torch.no_grad():
         emb = embed(net.extractor(pixels), net.features.kept).double()  # (B, d, h, w)
     x = emb.flatten(2).permute(2, 0, 1) - model.mean_[:, None, :]  # float64 centring
     w = model.precision_cholesky_.double()
     dist = torch.einsum("pij,pbj->pbi", w, x).square().sum(-1).sqrt().T.reshape(len(images), *net.grid)
-    return anomaly_maps(dist, model.preprocess_.output_size, model.sigma).float().numpy()
+    return anomaly_maps(dist, model.preprocessing.output_size, model.sigma).float().numpy()
 
 
 @pytest.fixture(scope="module")
 def demo_category(tmp_path_factory):
-    return make_inspection_set(tmp_path_factory.mktemp("demo"), "gravel", 16, 6, 10, seed=0)
+    return make_inspection_set(tmp_path_factory.mktemp("demo"), "gravel", n_train=16, n_test_good=6, n_test_defect=10, seed=0)
 
 
 @pytest.mark.parametrize("name", ENGINES)
@@ -109,7 +110,7 @@ def test_demo_maps_and_auroc_equal_the_float64_path_with_every_engine(name, demo
     scale = float(ref.max() - ref.min())
     assert float(np.abs(maps - ref).max()) <= 1e-4 * scale
     labels = [m is not None for m in mask_paths]
-    masks = [model.preprocess_.mask(np.asarray(Image.open(m))) if m else np.zeros(ref.shape[1:], bool) for m in mask_paths]
+    masks = [model.preprocessing.mask(np.asarray(Image.open(m))) if m else np.zeros(ref.shape[1:], bool) for m in mask_paths]
     assert abs(img_auc - image_auroc(labels, ref.reshape(len(ref), -1).max(1))) <= 1e-4
     assert abs(pix_auc - pixel_auroc(masks, ref)) <= 1e-4
 
@@ -161,9 +162,9 @@ def test_auto_falls_back_with_a_one_line_notice(lite0, monkeypatch) -> None:
 
     monkeypatch.setattr(engine_module, "_make", broken_openvino)
     with pytest.warns(PadimWarning, match=r"engine openvino unavailable \(Cannot load library.*\): using onnxruntime"):
-        assert build_engine(lite0, SIZE, AUTO).name == "onnxruntime"
+        assert build_engine(lite0, SIZE, name=AUTO).name == "onnxruntime"
     with pytest.raises(PadimError, match="engine 'openvino' cannot run here: Cannot load library"):
-        build_engine(lite0, SIZE, "openvino")
+        build_engine(lite0, SIZE, name="openvino")
 
 
 def test_an_inexact_engine_is_never_used(lite0, monkeypatch) -> None:
@@ -186,7 +187,7 @@ def test_an_inexact_engine_is_never_used(lite0, monkeypatch) -> None:
     monkeypatch.setattr(engine_module, "_make", rounding)
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        chosen = build_engine(lite0, SIZE, AUTO)
+        chosen = build_engine(lite0, SIZE, name=AUTO)
     assert chosen.name == "torch-fast"
     assert [str(w.message).split(" (")[0] for w in seen] == ["engine openvino unavailable",
                                                               "engine onnxruntime unavailable"]
@@ -199,6 +200,6 @@ def test_missing_runtimes_fall_through_quietly(lite0, monkeypatch) -> None:
     monkeypatch.setattr(engine_module, "installed", lambda name: name.startswith("torch"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # not installed is not a fault: no notice
-        assert build_engine(lite0, SIZE, AUTO).name == "torch-fast"
+        assert build_engine(lite0, SIZE, name=AUTO).name == "torch-fast"
     with pytest.raises(PadimError, match="openvino is not installed"):
-        build_engine(lite0, SIZE, "openvino")
+        build_engine(lite0, SIZE, name="openvino")

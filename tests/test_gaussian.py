@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from padim.errors import PadimError
-from padim.gaussian import GaussianStats, pack_lower, precision_cholesky, triangle_size
+from padim.gaussian import GaussianStats, pack_lower, precision_cholesky, row_blocks_numel
 
 
 def reference_cov(x: np.ndarray, eps: float) -> np.ndarray:
@@ -111,8 +111,8 @@ def test_scatter_is_stored_in_row_blocks_and_round_trips_through_the_packed_layo
     rng = np.random.default_rng(dim)
     x = rng.normal(size=(9, 5, dim)) + 2.0
     stats = streamed(x, 4)
-    assert stats.scatter.shape == (5, triangle_size(dim)) and triangle_size(dim) <= dim * dim
-    assert dim < 100 or triangle_size(dim) < 0.6 * dim * dim
+    assert stats.scatter.shape == (5, row_blocks_numel(dim)) and row_blocks_numel(dim) <= dim * dim
+    assert dim < 100 or row_blocks_numel(dim) < 0.6 * dim * dim
     centred = x - x.mean(0)
     ref = np.einsum("npi,npj->pij", centred, centred)
     assert rel_err(stats.scatter_matrices().numpy(), ref) < 1e-6  # float32 inputs

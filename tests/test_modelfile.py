@@ -97,7 +97,7 @@ def test_round_trip_restores_the_fitted_state(saved, fitted: PaDiM) -> None:
     assert torch.equal(loaded.stats_.mean, fitted.stats_.mean)
     assert loaded.n_samples_seen_ == fitted.n_samples_seen_ == 12
     assert loaded.feature_shape_ == fitted.feature_shape_ == (16, 16)
-    assert loaded.preprocess_ == fitted.preprocess_
+    assert loaded.preprocessing == fitted.preprocessing
     assert loaded.backbone_.layers == fitted.backbone_.layers
     file_meta = read_model(saved["full"])[1]
     loaded_meta = loaded.metadata()

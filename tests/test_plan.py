@@ -35,7 +35,7 @@ gc.collect()
 model = PaDiM.load(path, batch_size=params["batch_size"])
 reset_peak_rss()
 model.predict(images[:params["batch_size"]])
-print(json.dumps({"plan_fit": p.fit_peak / MB, "plan_predict": p.predict_peak / MB, "now": p.now / MB,
+print(json.dumps({"plan_fit": p.fit_peak / MB, "plan_predict": p.predict_peak / MB, "now": p.rss_when_planned / MB,
                   "fit": fit_peak, "predict": peak_rss_mb(), "fit_s": p.fit_s_per_image}))
 """
 

@@ -11,7 +11,7 @@ from scipy import ndimage
 from padim import PaDiM
 from padim.gaussian import GaussianStats, precision_cholesky
 from padim.evaluation.synthetic import load_split
-from padim.scoring import gaussian_blur, image_scores, mahalanobis
+from padim.scoring import gaussian_blur, image_scores, mahalanobis_distance
 
 from conftest import TINY
 
@@ -39,7 +39,7 @@ def test_mahalanobis_matches_float64_reference(chunk: int | None) -> None:
     test = rng.normal(size=(6, 12, 4, 5)) * 1.5 + 3.0
     stats = GaussianStats.empty(20, 12)
     stats.update(torch.from_numpy(train).float().flatten(2).permute(2, 0, 1))
-    got = mahalanobis(torch.from_numpy(test).float(), stats.mean, precision_cholesky(stats, 0.01), chunk)
+    got = mahalanobis_distance(torch.from_numpy(test).float(), stats.mean, precision_cholesky(stats, 0.01), chunk=chunk)
     ref = reference_distances(train.astype(np.float32).astype(np.float64), test.astype(np.float32).astype(np.float64), 0.01)
     assert np.allclose(got.numpy(), ref, rtol=1e-4, atol=1e-5)
 

@@ -11,15 +11,18 @@ import torch
 
 from padim import paper
 from padim.backbone import build_backbone
-from padim.data import Batch, Preprocess, as_items, as_size, check_finite, iter_batches
+from padim.data import Batch, Preprocess, as_items, check_finite, iter_batches
 from padim.errors import PadimError
 from padim.model import Prediction
 from padim.scoring import gaussian_blur, upsample
+from padim.utils.constraints import (BOOL, COMMON_CONSTRAINTS, LAYERS, NON_NEGATIVE, POSITIVE_INT, Check,
+                                    CheckedParameters, Rule)
 
 # timm's global average pool: (B, C), already flattened, run after the last stage.
 POOL_TAP = "global_pool"
 # Largest (queries x gallery rows) float32 block of squared distances held at once.
 CHUNK_BYTES = 256 * 2**20
+FEATURE_MAP_TAPS = Rule(lambda v: LAYERS.accepts(v) and POOL_TAP not in v, f"{LAYERS.text}, not {POOL_TAP!r} (it is added)")
 
 
 def chunk_rows(n_queries: int, budget: int = CHUNK_BYTES) -> int:
@@ -73,20 +76,78 @@ def pooled(feature: torch.Tensor) -> torch.Tensor:
     return feature if feature.ndim == 2 else feature.mean(dim=(2, 3))
 
 
-class Spade:
+class Spade(CheckedParameters):
     """SPADE (Cohen & Hoshen, 2020) as reproduced in the PaDiM paper: kNN image score, nearest-patch pixel map.
 
     The image score is the mean distance of the image's global average-pooled feature to those of its
     K = min(k_images, N) nearest training images. The pixel map is, per tapped layer, each position's
     (mean of the k_patches smallest) distance to every position of those K images' feature maps,
-    resized bicubically, averaged over layers and Gaussian-smoothed. `half` stores the training maps
-    in float16 (distances are still computed in float32). `weights` as in PaDiM: None finds ImageNet
-    weights offline, a path reads a file, "random" gives seeded random weights (tests only).
+    resized bicubically, averaged over layers and Gaussian-smoothed.
+
+    Parameters
+    ----------
+    backbone : str
+        A known backbone or timm model name (the paper's: wide_resnet50_2).
+    layers : sequence of str
+        Feature-map taps, shallowest first ('global_pool' is added for the image score).
+    k_images : int
+        Nearest training images whose maps form the patch gallery, and whose distances make the image score.
+    k_patches : int
+        Nearest gallery patches averaged into a pixel's distance.
+    image_size : int or (int, int)
+        Side, or (height, width), images are resized to.
+    crop_size : int, (int, int) or None
+        Center crop taken after the resize; None keeps the whole resized image.
+    sigma : float
+        Standard deviation, in pixels, of the Gaussian that smooths the maps (0: none).
+    device : str
+        Torch device.
+    batch_size : int
+        Images per forward pass.
+    weights : str, path or None
+        As in PaDiM: None finds ImageNet weights offline, a path reads a file, "random" gives seeded
+        random weights (tests only).
+    seed : int
+        Seed of random weights.
+    workers : int or None
+        Background threads decoding images; None: padim.data.decode_threads decides.
+    half : bool
+        Store the training maps in float16 (distances are still computed in float32).
+    verbose : bool
+        Progress bars on stderr.
+
+    Attributes
+    ----------
+    preprocessing : Preprocess
+        The resize, crop and normalisation these parameters define (exists before fit).
+    backbone_ : Backbone
+        The tapped backbone, the pooled tap last.
+    global_features_ : torch.Tensor
+        Pooled features (N, C) of the training images, float32.
+    train_maps_ : list of torch.Tensor
+        Per layer, the training images' feature maps as (N, h*w, C) rows.
+    feature_shapes_ : list of (int, int)
+        Per layer, its feature grid.
+    train_names_ : list of str
+        The training images' names.
+    n_samples_seen_ : int
+        Training images held.
     """
+
+    _parameter_constraints = {
+        **COMMON_CONSTRAINTS,
+        "layers": [FEATURE_MAP_TAPS],
+        "k_images": [POSITIVE_INT],
+        "k_patches": [POSITIVE_INT],
+        "sigma": [NON_NEGATIVE],
+        "half": [BOOL],
+    }
+    _parameter_checks = (Check(Preprocess.from_sizes, ("image_size", "crop_size")),)  # the crop inside the image
 
     def __init__(
         self,
         backbone: str = paper.SPADE_BACKBONE,
+        *,
         layers: tuple[str, ...] = paper.RESNET_LAYERS,
         k_images: int = paper.SPADE_K_IMAGES,
         k_patches: int = paper.SPADE_K_PATCHES,
@@ -117,21 +178,9 @@ class Spade:
         self.verbose = verbose
 
     @property
-    def preprocess_(self) -> Preprocess:
+    def preprocessing(self) -> Preprocess:
         """The preprocessing these parameters define."""
-        return Preprocess(as_size(self.image_size), as_size(self.crop_size))  # type: ignore[arg-type]
-
-    def _check_params(self) -> None:
-        """Reject parameter values that cannot work, before any image is read."""
-        for name in ("k_images", "k_patches"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise PadimError(f"{name} must be a positive int, got {value!r}")
-        if not self.layers or POOL_TAP in self.layers:
-            raise PadimError(f"layers must name the feature-map taps ({POOL_TAP!r} is added), got {self.layers!r}")
-        if self.sigma < 0:
-            raise PadimError(f"sigma must be >= 0, got {self.sigma!r}")
-        self.preprocess_  # noqa: B018 - validates sizes
+        return Preprocess.from_sizes(self.image_size, self.crop_size)
 
     def _require_fitted(self) -> None:
         """Raise unless fit() has run."""
@@ -143,7 +192,7 @@ class Spade:
         """(batch, layer maps (B, C, h, w), pooled features (B, C)) per batch, with a progress bar when verbose."""
         from tqdm.auto import tqdm
 
-        batches = iter_batches(items, self.preprocess_, self.batch_size, self.workers)
+        batches = iter_batches(items, self.preprocessing, self.batch_size, workers=self.workers)
         with tqdm(total=len(items), desc=what, unit="img", disable=not self.verbose, leave=False) as bar:
             for batch in batches:
                 with torch.no_grad():
@@ -159,7 +208,7 @@ class Spade:
         """Extract and keep every training image's global feature and layer maps (replaces any previous fit)."""
         self._check_params()
         items = as_items(images)
-        self.backbone_ = build_backbone(self.backbone, (*self.layers, POOL_TAP), self.weights, self.seed)
+        self.backbone_ = build_backbone(self.backbone, layers=(*self.layers, POOL_TAP), weights=self.weights, seed=self.seed)
         self.backbone_.extractor.to(self.device)
         store = torch.float16 if self.half else torch.float32
         glob_parts: list[torch.Tensor] = []
@@ -199,7 +248,7 @@ class Spade:
 
     def anomaly_maps(self, maps: list[torch.Tensor], neighbours: torch.Tensor) -> torch.Tensor:
         """Smoothed (B, H, W) maps from test layer maps and each image's (B, K) nearest training images."""
-        size = self.preprocess_.output_size
+        size = self.preprocessing.output_size
         layer_maps = [upsample(self.patch_distances(l, m, neighbours), size) for l, m in enumerate(maps)]
         return gaussian_blur(torch.stack(layer_maps).mean(dim=0), self.sigma)
 

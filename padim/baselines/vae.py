@@ -1,148 +1,33 @@
 """The PaDiM paper's VAE baseline (Section IV-B): ResNet18 encoder, 8x8 convolutional latent, L2 error map.
 
-The paper gives the encoder, the latent grid, the augmentations and the optimisation; it does not give
-the latent width, the decoder or the loss weighting. Ours: a 1x1-conv Gaussian latent of
-`latent_channels` channels on ResNet18's stride-32 layer4 grid (256 -> 8x8), a decoder mirroring the
-encoder's widths with five x2 upsampling stages, and the standard loss (per-image sum of squared
-errors in normalised pixel space + KL divergence to N(0, I), averaged over the batch).
+The estimator: training with checkpoints, and prediction; the network, its loss and the augmentation
+are padim.baselines.vae_network.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from padim import paper
-from padim.backbone import WeightSource, build_backbone, state_sha256
+from padim.backbone import state_sha256
+from padim.baselines.vae_network import (STRIDE, PaperVAE, augmented_batch, build_network, reconstruction_error,
+                                         vae_loss)
 from padim.data import Item, Preprocess, as_items, check_finite, iter_batches, n_batches
-from padim.errors import PadimError
+from padim.errors import InputError, PadimError
 from padim.modelfile import FileKind, read_model, write_model
 from padim.model import Prediction
 from padim.scoring import gaussian_blur, image_scores
-
-STRIDE = 32  # ResNet18's layer4 stride: paper.VAE_CROP / STRIDE == paper.VAE_LATENT_GRID
-# Decoder widths, latent -> image: ResNet18's layer4, layer3, layer2, layer1 and stem widths, then 32.
-DECODER_WIDTHS = (512, 256, 128, 64, 64, 32)
+from padim.utils.constraints import (COMMON_CONSTRAINTS, NON_NEGATIVE, NONE, PATH, POSITIVE, POSITIVE_INT, SIDE, Check,
+                                    CheckedParameters, multiple_of)
 
 CHECKPOINT_VERSION = 1
 CHECKPOINT = FileKind("torch-padim-vae-checkpoint", CHECKPOINT_VERSION, "padim_vae", "torch-padim VAE checkpoint",
                       "VAE checkpoint")
-
-
-# ----------------------------------------------------------------------------- network
-def _up_block(c_in: int, c_out: int) -> nn.Sequential:
-    """x2 nearest upsampling, 3x3 conv, BatchNorm, ReLU."""
-    return nn.Sequential(
-        nn.Upsample(scale_factor=2, mode="nearest"),
-        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
-        nn.BatchNorm2d(c_out),
-        nn.ReLU(inplace=True),
-    )
-
-
-class PaperVAE(nn.Module):
-    """Pure torch VAE: normalised (B, 3, H, W) -> reconstruction (B, 3, H, W), latent mean and log-variance.
-
-    H and W must be multiples of STRIDE; the latent grid is (H / 32, W / 32).
-    """
-
-    def __init__(self, encoder: nn.Module, latent_channels: int, encoder_channels: int = 512) -> None:
-        super().__init__()
-        self.encoder = encoder  # timm resnet18 without its classifier; forward_features stops at layer4
-        self.mu = nn.Conv2d(encoder_channels, latent_channels, 1)
-        self.logvar = nn.Conv2d(encoder_channels, latent_channels, 1)
-        stages = [nn.Sequential(nn.Conv2d(latent_channels, DECODER_WIDTHS[0], 1, bias=False),
-                                nn.BatchNorm2d(DECODER_WIDTHS[0]), nn.ReLU(inplace=True))]
-        stages += [_up_block(a, b) for a, b in zip(DECODER_WIDTHS[:-1], DECODER_WIDTHS[1:])]
-        stages.append(nn.Conv2d(DECODER_WIDTHS[-1], 3, 3, padding=1))  # no activation: normalised space
-        self.decoder = nn.Sequential(*stages)
-
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Latent mean and log-variance, (B, latent_channels, H/32, W/32) each."""
-        h = self.encoder.forward_features(x)
-        return self.mu(h), self.logvar(h)
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Reconstruction (B, 3, 32 h, 32 w) of a latent (B, latent_channels, h, w)."""
-        return self.decoder(z)
-
-    def forward(
-        self, x: torch.Tensor, generator: torch.Generator | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(reconstruction, mu, logvar); a sampled latent in training mode, the mean in eval mode."""
-        mu, logvar = self.encode(x)
-        z = mu
-        if self.training:
-            device = generator.device if generator is not None else mu.device
-            noise = torch.randn(mu.shape, generator=generator, device=device, dtype=mu.dtype).to(mu.device)
-            z = mu + torch.exp(0.5 * logvar) * noise
-        return self.decode(z), mu, logvar
-
-
-def vae_loss(x: torch.Tensor, recon: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """Per-image sum of squared reconstruction errors plus KL(q(z|x) || N(0, I)), averaged over the batch."""
-    sse = (recon - x).square().flatten(1).sum(dim=1)
-    kl = -0.5 * (1 + logvar - mu.square() - logvar.exp()).flatten(1).sum(dim=1)
-    return (sse + kl).mean()
-
-
-def reconstruction_error(x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
-    """Pixel-wise L2 norm over channels of x - recon: (B, 3, H, W) -> (B, H, W)."""
-    return (x - recon).square().sum(dim=1).sqrt()
-
-
-def build_network(
-    latent_channels: int, weights: str | os.PathLike | None = None, seed: int = 0
-) -> tuple[PaperVAE, WeightSource]:
-    """A trainable PaperVAE with an ImageNet (default), file or seeded random ResNet18 encoder."""
-    backbone = build_backbone(paper.VAE_ENCODER, ("layer4",), weights, seed)  # same weight lookup as PaDiM
-    encoder = backbone.extractor.model
-    encoder.reset_classifier(0)
-    encoder.requires_grad_(True).train()  # build_backbone freezes; the VAE fine-tunes its encoder
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = PaperVAE(encoder, latent_channels)
-    return net, backbone.source
-
-
-# ----------------------------------------------------------------------------- augmentation
-def rotate(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
-    """Rotate each square (B, C, S, S) image about its centre by its own angle (bilinear, zero fill)."""
-    rad = torch.deg2rad(degrees.to(images))
-    cos, sin, zero = rad.cos(), rad.sin(), torch.zeros_like(rad)
-    # On a square image affine_grid's normalised coordinates are isotropic: this theta is a pure rotation.
-    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
-def augmented_batch(
-    images: torch.Tensor, size: int, generator: torch.Generator, max_degrees: float, random_crop: int, crop: int
-) -> torch.Tensor:
-    """Draw `size` augmented samples (float in [0, 1]) from resized uint8 images (N, 3, R, R).
-
-    Random image (with replacement), random rotation in +-max_degrees, random random_crop crop, center
-    crop. The paper rotates before the 292 resize; rotation about the centre commutes with an isotropic
-    resize, so rotating the cached resized images is the same augmentation up to interpolation.
-    """
-    n, resize = images.shape[0], images.shape[-1]
-    index = torch.randint(n, (size,), generator=generator)
-    degrees = (torch.rand(size, generator=generator, dtype=torch.float64) * 2 - 1) * max_degrees
-    tops = torch.randint(resize - random_crop + 1, (size,), generator=generator).tolist()
-    lefts = torch.randint(resize - random_crop + 1, (size,), generator=generator).tolist()
-    rotated = rotate(images[index.to(images.device)].float() / 255.0, degrees)
-    centre = int(round((random_crop - crop) / 2.0))  # as Preprocess.crop_box rounds
-    return torch.stack([
-        rotated[i, :, t + centre : t + centre + crop, l + centre : l + centre + crop]
-        for i, (t, l) in enumerate(zip(tops, lefts))
-    ])
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -162,19 +47,102 @@ def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, 
 
 
 # ----------------------------------------------------------------------------- estimator
-class VAE:
+def _check_nested_sizes(crop_size: int, random_crop: int, resize: int) -> None:
+    """Each crop lies inside the image it is cut from: crop_size <= random_crop <= resize."""
+    if not crop_size <= random_crop <= resize:
+        raise InputError(f"sizes must satisfy crop_size <= random_crop <= resize, got "
+                         f"{crop_size}, {random_crop}, {resize}")
+
+
+def _check_checkpoint_folder(checkpoint: str | None) -> None:
+    """The checkpoint's folder exists (found now, not after the first epoch)."""
+    folder = Path(checkpoint).parent if checkpoint is not None else None
+    if folder is not None and not folder.is_dir():
+        raise InputError(f"{checkpoint}: cannot write a checkpoint, folder {folder} does not exist")
+
+
+class VAE(CheckedParameters):
     """The PaDiM paper's VAE baseline: ResNet18 encoder, 8x8 convolutional latent, pixel-wise L2 reconstruction error.
 
     Defaults follow the paper (Section IV-B): each epoch draws `n_train` augmented samples of the
-    training images; Adam; anomaly map = L2 error, unsmoothed (sigma=0). `latent_channels` is ours
-    (the paper does not give it). `weights`: None finds ImageNet ResNet18 weights offline, a path
-    reads a file, "random" gives seeded random weights (tests only). `checkpoint`: a file saved after
-    every epoch and resumed from by fit() when its hyper-parameters match.
+    training images; Adam; anomaly map = L2 error, unsmoothed (sigma=0).
+
+    Parameters
+    ----------
+    latent_channels : int
+        Channels of the latent grid (ours: the paper does not give it).
+    n_train : int
+        Augmented samples drawn per epoch.
+    epochs : int
+        Training epochs.
+    batch_size : int
+        Samples per optimisation step (and images per forward pass when predicting).
+    learning_rate : float
+        Adam's learning rate.
+    max_degrees : float
+        Largest rotation of the augmentation, either way.
+    resize : int
+        Side images are resized to.
+    random_crop : int
+        Side of the augmentation's random crop of the resized image.
+    crop_size : int
+        Side of the center crop of the random crop (training) or of the resized image (testing);
+        a multiple of 32, the encoder's stride.
+    sigma : float
+        Standard deviation, in pixels, of the Gaussian that smooths the maps (0: none).
+    weights : str or None
+        None finds ImageNet ResNet18 weights offline, a path reads a file, "random" gives seeded
+        random weights (tests only).
+    checkpoint : str or None
+        A file saved after every epoch and resumed from by fit() when its hyper-parameters match.
+    device : str
+        Torch device.
+    seed : int
+        Seed of the weights, the augmentation and the latent samples.
+    workers : int or None
+        Background threads decoding images; None: padim.data.decode_threads decides.
+    verbose : bool
+        Progress bar on stderr.
+
+    Attributes
+    ----------
+    preprocessing : Preprocess
+        Test-time resize, center crop and normalisation (exists before fit).
+    net_ : PaperVAE
+        The trained network.
+    weight_source_ : dict
+        Where the encoder's initial weights came from (padim.backbone.WeightSource.to_dict).
+    epochs_done_ : int
+        Epochs trained, resumed ones included.
+    losses_ : list of float
+        Mean loss per image of every epoch.
     """
+
+    _parameter_constraints = {
+        "latent_channels": [POSITIVE_INT],
+        "n_train": [POSITIVE_INT],
+        "epochs": [POSITIVE_INT],
+        "batch_size": [POSITIVE_INT],
+        "learning_rate": [POSITIVE],
+        "max_degrees": [NON_NEGATIVE],
+        "resize": [SIDE],
+        "random_crop": [SIDE],
+        "crop_size": [multiple_of(STRIDE, "the encoder's stride")],
+        "sigma": [NON_NEGATIVE],
+        "weights": COMMON_CONSTRAINTS["weights"],
+        "checkpoint": [NONE, PATH],
+        "device": COMMON_CONSTRAINTS["device"],
+        "seed": COMMON_CONSTRAINTS["seed"],
+        "workers": COMMON_CONSTRAINTS["workers"],
+        "verbose": COMMON_CONSTRAINTS["verbose"],
+    }
+    _parameter_checks = (Check(_check_nested_sizes, ("crop_size", "random_crop", "resize")),
+                         Check(_check_checkpoint_folder, ("checkpoint",)))
 
     def __init__(
         self,
         latent_channels: int = 128,
+        *,
         n_train: int = paper.VAE_TRAIN_IMAGES,
         epochs: int = paper.VAE_EPOCHS,
         batch_size: int = paper.VAE_BATCH_SIZE,
@@ -209,28 +177,9 @@ class VAE:
         self.verbose = verbose
 
     @property
-    def preprocess_(self) -> Preprocess:
+    def preprocessing(self) -> Preprocess:
         """Test-time preprocessing: resize, center crop (256/292 ~ PaDiM's 224/256), ImageNet normalisation."""
-        return Preprocess(image_size=(self.resize, self.resize), crop_size=(self.crop_size, self.crop_size))
-
-    def _check_params(self) -> None:
-        """Reject parameter values that cannot work, before any image is read."""
-        for name in ("latent_channels", "n_train", "epochs", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or value < 1:
-                raise PadimError(f"{name} must be a positive integer, got {value!r}")
-        if not self.learning_rate > 0:
-            raise PadimError(f"learning_rate must be positive, got {self.learning_rate!r}")
-        if self.max_degrees < 0 or self.sigma < 0:
-            raise PadimError(f"max_degrees and sigma must be >= 0, got {self.max_degrees!r} and {self.sigma!r}")
-        if not self.crop_size <= self.random_crop <= self.resize:
-            raise PadimError(f"sizes must satisfy crop_size <= random_crop <= resize, got "
-                             f"{self.crop_size}, {self.random_crop}, {self.resize}")
-        if self.crop_size % STRIDE:
-            raise PadimError(f"crop_size must be a multiple of {STRIDE} (the encoder's stride), got {self.crop_size}")
-        folder = Path(self.checkpoint).parent if self.checkpoint is not None else None
-        if folder is not None and not folder.is_dir():  # found now, not after the first epoch
-            raise PadimError(f"{self.checkpoint}: cannot write a checkpoint, folder {folder} does not exist")
+        return Preprocess.from_sizes(self.resize, self.crop_size)
 
     def _is_fitted(self) -> bool:
         return getattr(self, "epochs_done_", 0) > 0
@@ -246,7 +195,7 @@ class VAE:
         uint8, like the PIL images of a torchvision pipeline, keeps a class's few hundred images small.
         """
         unnormalised = Preprocess((self.resize, self.resize), None, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
-        batches = iter_batches(items, unnormalised, self.batch_size, self.workers)
+        batches = iter_batches(items, unnormalised, self.batch_size, workers=self.workers)
         pixels = torch.cat([(b.pixels * 255.0).round_().to(torch.uint8) for b in batches])
         return pixels.to(self.device)
 
@@ -372,7 +321,7 @@ class VAE:
         items = as_items(images)
         names, scores, maps = [], [], []
         self.net_.eval()
-        batches = iter_batches(items, self.preprocess_, self.batch_size, self.workers)
+        batches = iter_batches(items, self.preprocessing, self.batch_size, workers=self.workers)
         bar = tqdm(batches, total=n_batches(len(items), self.batch_size), desc="predict", unit="batch",
                    disable=not self.verbose, leave=False)
         with torch.no_grad():

@@ -77,7 +77,7 @@ def export_bundle(model: PaDiM, folder: str | os.PathLike, half: bool = False) -
     factor = staircase.to_packed([s.cpu() for s in net.factor]).numpy()
     factor = factor.astype(np.float16) if half else factor
     files = {
-        "backbone.onnx": export_graph(net.features, model.preprocess_.output_size),
+        "backbone.onnx": export_graph(net.features, model.preprocessing.output_size),
         "mean.npy": _npy(net.mean.cpu().numpy()),
         "smooth_h.npy": _npy(net.smooth_h.cpu().numpy()),
         "smooth_w.npy": _npy(net.smooth_w.cpu().numpy()),
@@ -91,7 +91,7 @@ def export_bundle(model: PaDiM, folder: str | os.PathLike, half: bool = False) -
         files["frame_cholesky.npy"] = _npy(frame.cholesky.cpu().numpy())
     manifest = {
         "format": BUNDLE_FORMAT, "format_version": BUNDLE_VERSION,
-        "preprocessing": model.preprocess_.to_dict(), "grid": list(net.grid), "dim": model.embedding_dim_,
+        "preprocessing": model.preprocessing.to_dict(), "grid": list(net.grid), "dim": model.embedding_dim_,
         "factor": {"file": "factor.bin", "dtype": str(factor.dtype), "shape": list(factor.shape),
                    "encoding": "byte-shuffle+zlib", "layout": "W lower triangle, row-major packed"},
         "calibration": calibration_meta(model),

@@ -73,7 +73,7 @@ def external_data_path(path: str | os.PathLike) -> Path:
 def export_metadata(model: PaDiM, opset: int = DEFAULT_OPSET) -> dict[str, Any]:
     """What travels with the graph: the model's metadata, the graph's interface and the calibration."""
     meta = model.metadata()
-    h, w = model.preprocess_.output_size
+    h, w = model.preprocessing.output_size
     meta["onnx"] = {
         "format_version": FORMAT_VERSION,
         "opset": int(opset),
@@ -111,7 +111,7 @@ def _trace(model: PaDiM, path: Path, opset: int) -> None:
     The backbone's stop-after-the-last-tap exception is plain Python, so tracing records exactly the
     operations up to the deepest tap. A batch of 2 keeps the batch dimension from being specialised.
     """
-    h, w = model.preprocess_.output_size
+    h, w = model.preprocessing.output_size
     dummy = torch.zeros(2, 3, h, w)
     batch = {0: "batch"}
     with warnings.catch_warnings(), torch.no_grad():
@@ -192,7 +192,7 @@ def export_onnx(model: PaDiM, path: str | os.PathLike, opset: int = DEFAULT_OPSE
             raise PadimError(f"{path}: the model's tensors exceed 2 GiB: export with external_data=True")
         data = external_data_path(path)
         meta["onnx"]["external_data"] = data.name if external_data or large else None
-        _finish(proto, meta, model.preprocess_.output_size)
+        _finish(proto, meta, model.preprocessing.output_size)
         if external_data or large:
             staged = Path(tmp) / "staged"
             staged.mkdir()
@@ -250,7 +250,7 @@ def _parse_metadata(path: Path, text: str | None) -> dict[str, Any]:
 def verify_onnx(model: PaDiM, path: str | os.PathLike, batch_size: int = 2, seed: int = 0) -> dict[str, float]:
     """Run the exported graph and the model's network on a random normalised batch; return the differences."""
     predictor = OnnxPredictor(path)
-    pre = model.preprocess_
+    pre = model.preprocessing
     h, w = pre.output_size
     rgb = torch.rand(batch_size, 3, h, w, generator=torch.Generator().manual_seed(seed))
     x = (rgb - torch.tensor(pre.mean).view(3, 1, 1)) / torch.tensor(pre.std).view(3, 1, 1)
@@ -333,7 +333,7 @@ class OnnxPredictor:
         """Scores and maps like PaDiM.predict; verdicts and masks with stored or given thresholds."""
         names: list[str] = []
         scores, maps, contrast = [], [], []
-        for batch in iter_batches(as_items(images), self.preprocess, self.batch_size, self.workers):
+        for batch in iter_batches(as_items(images), self.preprocess, self.batch_size, workers=self.workers):
             contrast.append(frame_contrast(batch.pixels, self.preprocess.std).numpy())
             batch_maps, batch_scores = self.run(batch.pixels.numpy())
             bad = ~np.isfinite(batch_scores)

@@ -74,7 +74,8 @@ except ImportError as _exc:  # pragma: no cover - exercised only without the ext
         f"({_exc.name} is missing)"
     ) from _exc
 
-from padim.data import DEFAULT_MAX_PIXELS, RASTER_FORMATS, decode_errors, load_upright, open_image, pil_to_tensor, resize
+from padim.data import resize
+from padim.images import DEFAULT_MAX_PIXELS, RASTER_FORMATS, decode_errors, load_upright, open_image, pil_to_tensor
 from padim.errors import ImageTooLarge
 
 MiB = 1024 * 1024
@@ -86,7 +87,7 @@ DEFAULT_BODY_TIMEOUT_S = 30.0  # a whole upload must arrive within this (20 MiB 
 DEFAULT_MAX_UPLOADS_PER_CLIENT = 8  # bodies being received at once from one client address
 MULTIPART_SLACK = 64 * 1024  # room for the multipart boundaries and part headers around the file
 MAX_OVERLAY_SIDE = 1024  # overlays of larger images are drawn at this longest side
-SAFE_FORMATS = RASTER_FORMATS  # formats opened from uploads: the library's raster allow-list (padim.data)
+SAFE_FORMATS = RASTER_FORMATS  # formats opened from uploads: the library's raster allow-list (padim.images)
 VERDICT_COLOURS = {"defect": "#c62828", "ok": "#2e7d32", "score": "#1565c0"}
 log = logging.getLogger("uvicorn.error")  # the server's log: its handlers and format
 
@@ -135,7 +136,7 @@ def decode_image(data: bytes, name: str, max_pixels: int, image_size: tuple[int,
         raise _fail(422, f"{name}: empty file")
     try:
         # The library's one decoding path: allow-listed formats, pixel count from the header, EXIF orientation.
-        with open_image(io.BytesIO(data), name, max_pixels, warn=False) as img:
+        with open_image(io.BytesIO(data), name, max_pixels=max_pixels, warn=False) as img:
             load_upright(img, name, warn=False)  # a warning per upload would flood the log
             width, height = img.size  # upright
             with decode_errors(name):
@@ -166,7 +167,7 @@ def render_overlay(image: DecodedImage, anomaly_map: np.ndarray, model: Any, vmi
 
     assert image.display is not None
     size = image.display.shape[:2]
-    amap = model.preprocess_.to_original(torch.from_numpy(np.asarray(anomaly_map))[None], size)[0].numpy()
+    amap = model.preprocessing.to_original(torch.from_numpy(np.asarray(anomaly_map))[None], size)[0].numpy()
     panel = side_by_side(image.display, heatmap_overlay(image.display, amap, vmin=vmin, vmax=vmax, threshold=threshold))
     buf = io.BytesIO()
     Image.fromarray(panel).save(buf, format="PNG")
@@ -402,7 +403,7 @@ def _client_address(request: Request) -> str:
 
 # --------------------------------------------------------------------------------------- the app
 def _describe(model: Any) -> dict[str, Any]:
-    pre = model.preprocess_
+    pre = model.preprocessing
     calibration = getattr(model, "calibration_", None)
     return {
         "model": model.backbone_.name,
@@ -540,7 +541,7 @@ def create_app(
             data, name = await _receive(request, client)
             want_png = overlay or response_format == "png"
             image = await loop.run_in_executor(
-                decode_pool, decode_image, data, name, max_pixels, model.preprocess_.image_size,
+                decode_pool, decode_image, data, name, max_pixels, model.preprocessing.image_size,
                 max_overlay_side if want_png else None)
             del data
             try:

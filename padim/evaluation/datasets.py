@@ -1,8 +1,8 @@
-"""Evaluation datasets on disk: MVTec AD, ShanghaiTech Campus (STC), plain folders; the paper's non-aligned protocol.
+"""Evaluation datasets on disk: MVTec AD and ShanghaiTech Campus (STC); plain folders are padim.evaluation.folders.
 
 Every loader returns a Split: training image paths (all normal) and test Samples (image, label, defect type,
 ground-truth mask reference). Masks are read lazily, at the image's own size, and can be transformed exactly like
-their images with `transform_masks` (the Preprocess pipeline) or `nonaligned` (Section V-C).
+their images with padim.evaluation.transforms (the Preprocess pipeline, or the non-aligned protocol of Section V-C).
 """
 
 from __future__ import annotations
@@ -14,13 +14,10 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from padim import paper
-from padim.data import (IMAGE_SUFFIXES, Preprocess, image_files, list_images, load_upright, open_image, oriented_size,
-                        resize)
-from padim.errors import PadimError
+from padim.errors import InputError, PadimError
+from padim.images import IMAGE_SUFFIXES, image_files, load_upright, open_image
 
 MVTEC_TEXTURES = paper.MVTEC_TEXTURES
 MVTEC_OBJECTS = paper.MVTEC_OBJECTS
@@ -37,7 +34,20 @@ PathLike = str | os.PathLike
 
 @dataclass(frozen=True)
 class MaskRef:
-    """Where a ground-truth mask lives: a PNG file, or frame `index` of an (N, H, W) .npy stack."""
+    """Where a ground-truth mask lives: a PNG file, or frame `index` of an (N, H, W) .npy stack.
+
+    Parameters
+    ----------
+    path : Path
+        The mask image, or the .npy stack.
+    index : int or None
+        The frame in the stack; None for a mask image.
+
+    Attributes
+    ----------
+    path, index
+        As given.
+    """
 
     path: Path
     index: int | None = None
@@ -48,7 +58,24 @@ class MaskRef:
 
 @dataclass(frozen=True)
 class Sample:
-    """One test image: its file, label (0 good, 1 defective), defect type and ground-truth mask."""
+    """One test image: its file, label (0 good, 1 defective), defect type and ground-truth mask.
+
+    Parameters
+    ----------
+    image : Path
+        The test image.
+    label : int
+        0 good, 1 defective.
+    defect : str
+        Defect type ("good" for a good image).
+    mask : MaskRef or None
+        Its ground truth; None for a good image (and for defective ones of a set without masks).
+
+    Attributes
+    ----------
+    image, label, defect, mask
+        As given.
+    """
 
     image: Path
     label: int
@@ -60,27 +87,27 @@ class Sample:
         shape = (int(shape[0]), int(shape[1]))
         if self.mask is None:
             if self.label == 1:
-                raise PadimError(f"{self.image}: defective test image has no ground-truth mask")
+                raise InputError(f"{self.image}: defective test image has no ground-truth mask")
             return np.zeros(shape, dtype=bool)
-        mask = _read_npy_frame(self.mask) if self.mask.index is not None else _read_png_mask(self.mask.path)
+        mask = _read_npy_frame(self.mask) if self.mask.index is not None else read_png_mask(self.mask.path)
         if mask.shape != shape:
-            raise PadimError(
+            raise InputError(
                 f"{self.mask}: mask is {mask.shape[0]}x{mask.shape[1]} "
                 f"but its image {self.image} is {shape[0]}x{shape[1]}"
             )
         return mask
 
 
-def _read_png_mask(path: Path) -> np.ndarray:
+def read_png_mask(path: Path) -> np.ndarray:
     """Pixels > 0 of a mask image (any channel) as a bool HxW array."""
     if not path.is_file():
-        raise PadimError(f"{path}: ground-truth mask file is missing")
+        raise InputError(f"{path}: ground-truth mask file is missing")
     try:
         with open_image(path, str(path)) as img:
             load_upright(img, str(path))
             pixels = np.asarray(img)
     except PadimError as exc:
-        raise PadimError(f"{exc} (ground-truth mask)") from None
+        raise InputError(f"{exc} (ground-truth mask)") from None
     if pixels.ndim == 3:
         pixels = pixels[:, :, :3].max(axis=2)  # RGB(A) masks: any colour channel marks the defect
     return pixels > 0
@@ -92,7 +119,7 @@ def _open_npy(path: str, mtime_ns: int, size: int) -> np.ndarray:
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise PadimError(f"{path}: unreadable .npy mask file ({exc})") from None
+        raise InputError(f"{path}: unreadable .npy mask file ({exc})") from None
 
 
 def _load_npy(path: Path) -> np.ndarray:
@@ -100,7 +127,7 @@ def _load_npy(path: Path) -> np.ndarray:
     try:
         stat = path.stat()
     except OSError:
-        raise PadimError(f"{path}: mask file is missing") from None
+        raise InputError(f"{path}: mask file is missing") from None
     return _open_npy(str(path), stat.st_mtime_ns, stat.st_size)
 
 
@@ -108,15 +135,40 @@ def _read_npy_frame(ref: MaskRef) -> np.ndarray:
     """Frame `ref.index` of an (N, H, W) .npy mask stack, > 0, as bool."""
     stack = _load_npy(ref.path)
     if stack.ndim != 3:
-        raise PadimError(f"{ref.path}: expected an (n_frames, H, W) mask array, got shape {stack.shape}")
+        raise InputError(f"{ref.path}: expected an (n_frames, H, W) mask array, got shape {stack.shape}")
     if not 0 <= ref.index < stack.shape[0]:  # type: ignore[operator]
-        raise PadimError(f"{ref.path}: no frame {ref.index} (the file holds {stack.shape[0]} frames)")
+        raise InputError(f"{ref.path}: no frame {ref.index} (the file holds {stack.shape[0]} frames)")
     return np.asarray(stack[ref.index]) > 0
 
 
 @dataclass
 class Split:
-    """A dataset category: normal training images and labelled test samples."""
+    """A dataset category: normal training images and labelled test samples.
+
+    Parameters
+    ----------
+    name : str
+        The category ("bottle", "stc", ...).
+    train : list of Path
+        Training images, all normal.
+    test : list of Sample
+        Labelled test images.
+
+    Attributes
+    ----------
+    name, train, test
+        As given.
+    labels : numpy.ndarray
+        Test labels, int64.
+    test_images : list of Path
+        Test image paths, in test order.
+    good_test, defective_test : list of Sample
+        The test samples of each label.
+    defects : list of str
+        Sorted defect types in the test set.
+    has_masks : bool
+        Whether every defective sample has a mask (pixel-level evaluation possible).
+    """
 
     name: str
     train: list[Path]
@@ -165,29 +217,29 @@ def _natural_key(path: Path) -> tuple:
     return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name))
 
 
-def _subdirs(folder: Path) -> list[Path]:
+def subfolders(folder: Path) -> list[Path]:
     """Visible subfolders, sorted by name."""
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _images(folder: Path) -> list[Path]:
+def sorted_images(folder: Path) -> list[Path]:
     """Visible image files directly inside a folder, naturally sorted (possibly empty; hidden ones skipped)."""
     return sorted(image_files(folder), key=_natural_key)
 
 
-def _require_dir(path: Path, what: str) -> Path:
-    """The path, or a PadimError when it is not an existing folder."""
+def require_folder(path: Path, what: str) -> Path:
+    """The path, or an InputError when it is not an existing folder."""
     if not path.exists():
-        raise PadimError(f"{path}: no such folder ({what})")
+        raise InputError(f"{path}: no such folder ({what})")
     if not path.is_dir():
-        raise PadimError(f"{path}: not a folder ({what})")
+        raise InputError(f"{path}: not a folder ({what})")
     return path
 
 
-def _stride(value: int, name: str) -> int:
+def _check_stride(value: int, name: str) -> int:
     """Validate a frame stride."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise PadimError(f"{name} must be a positive integer, got {value!r}")
+        raise InputError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
 
 
@@ -196,51 +248,51 @@ def _stride(value: int, name: str) -> int:
 
 def mvtec_category(root: PathLike, category: str) -> Split:
     """One category of an MVTec AD root: <root>/<category>/{train/good, test/<defect>, ground_truth/<defect>}."""
-    root = _require_dir(Path(root), "MVTec AD root")
+    root = require_folder(Path(root), "MVTec AD root")
     folder = root / category
     if not folder.is_dir():
-        present = ", ".join(p.name for p in _subdirs(root)) or "nothing"
-        raise PadimError(f"{folder}: no category '{category}' in {root} (present: {present})")
-    train_dir = _require_dir(folder / "train" / GOOD, "MVTec AD training images")
-    train = _images(train_dir)
+        present = ", ".join(p.name for p in subfolders(root)) or "nothing"
+        raise InputError(f"{folder}: no category '{category}' in {root} (present: {present})")
+    train_dir = require_folder(folder / "train" / GOOD, "MVTec AD training images")
+    train = sorted_images(train_dir)
     if not train:
-        raise PadimError(f"{train_dir}: no training images ({', '.join(IMAGE_SUFFIXES)})")
+        raise InputError(f"{train_dir}: no training images ({', '.join(IMAGE_SUFFIXES)})")
     return Split(category, train, _mvtec_test(folder))
 
 
 def _mvtec_test(folder: Path) -> list[Sample]:
     """Test samples of one MVTec AD category, sorted by defect type then name."""
-    test_dir = _require_dir(folder / "test", "MVTec AD test images")
-    defect_dirs = _subdirs(test_dir)
+    test_dir = require_folder(folder / "test", "MVTec AD test images")
+    defect_dirs = subfolders(test_dir)
     if not defect_dirs:
-        raise PadimError(f"{test_dir}: no defect-type subfolders (expected test/good and test/<defect>)")
+        raise InputError(f"{test_dir}: no defect-type subfolders (expected test/good and test/<defect>)")
     samples = []
     for defect_dir in defect_dirs:
         defect = defect_dir.name
-        for image in _images(defect_dir):
+        for image in sorted_images(defect_dir):
             if defect == GOOD:
                 samples.append(Sample(image, 0, GOOD, None))
                 continue
             mask = folder / "ground_truth" / defect / f"{image.stem}{MASK_SUFFIX}"
             if not mask.is_file():
-                raise PadimError(f"{mask}: missing ground-truth mask for test image {image}")
+                raise InputError(f"{mask}: missing ground-truth mask for test image {image}")
             samples.append(Sample(image, 1, defect, MaskRef(mask)))
     if not samples:
-        raise PadimError(f"{test_dir}: no test images in any defect-type subfolder")
+        raise InputError(f"{test_dir}: no test images in any defect-type subfolder")
     return samples
 
 
 def mvtec(root: PathLike, categories: str | list[str] | tuple[str, ...] | None = None) -> list[Split]:
     """Several MVTec AD categories; by default the official ones present under root."""
-    root = _require_dir(Path(root), "MVTec AD root")
+    root = require_folder(Path(root), "MVTec AD root")
     if categories is None:
         categories = [c for c in MVTEC_CATEGORIES if (root / c).is_dir()]
         if not categories:
-            raise PadimError(_not_mvtec_message(root))
+            raise InputError(_not_mvtec_message(root))
     elif isinstance(categories, str):
         categories = [categories]
     if not categories:
-        raise PadimError(f"{root}: no categories requested")
+        raise InputError(f"{root}: no categories requested")
     return [mvtec_category(root, c) for c in categories]
 
 
@@ -249,7 +301,7 @@ def _not_mvtec_message(root: Path) -> str:
     if (root / "train" / GOOD).is_dir():
         return (f"{root}: this is one category folder, not an MVTec AD root; pass its parent {root.parent} "
                 f"(with category '{root.name}')")
-    present = ", ".join(p.name for p in _subdirs(root)) or "nothing"
+    present = ", ".join(p.name for p in subfolders(root)) or "nothing"
     return (f"{root}: not an MVTec AD root: expected category folders such as {root / MVTEC_CATEGORIES[0]}/train/good "
             f"(one of {', '.join(MVTEC_CATEGORIES)}; present: {present})")
 
@@ -259,8 +311,8 @@ def _not_mvtec_message(root: Path) -> str:
 
 def stc(root: PathLike, train_stride: int = 1, test_stride: int = 1) -> Split:
     """ShanghaiTech Campus: normal training frames, test frames with frame labels and pixel masks."""
-    root = _require_dir(Path(root), "ShanghaiTech Campus root")
-    train_stride, test_stride = _stride(train_stride, "train_stride"), _stride(test_stride, "test_stride")
+    root = require_folder(Path(root), "ShanghaiTech Campus root")
+    train_stride, test_stride = _check_stride(train_stride, "train_stride"), _check_stride(test_stride, "test_stride")
     return Split("stc", _stc_train(root, train_stride), _stc_test(root, test_stride))
 
 
@@ -270,33 +322,33 @@ def _stc_train(root: Path, stride: int) -> list[Path]:
     if not frames_dir.is_dir():
         videos = root / "training" / "videos"
         if videos.is_dir() and any(videos.glob("*.avi")):
-            raise PadimError(
+            raise InputError(
                 f"{frames_dir}: no such folder; extract the training videos in {videos} to "
                 f"{frames_dir}/<video>/<frame>.jpg first (e.g. ffmpeg -i 01_001.avi -q:v 2 01_001/%03d.jpg)"
             )
-        _require_dir(frames_dir, "STC training frames, training/frames/<video>/<frame>.jpg")
-    videos = _subdirs(frames_dir)
+        require_folder(frames_dir, "STC training frames, training/frames/<video>/<frame>.jpg")
+    videos = subfolders(frames_dir)
     if not videos:
-        raise PadimError(f"{frames_dir}: no video folders (expected training/frames/<video>/<frame>.jpg)")
-    train = [frame for video in videos for frame in _images(video)[::stride]]
+        raise InputError(f"{frames_dir}: no video folders (expected training/frames/<video>/<frame>.jpg)")
+    train = [frame for video in videos for frame in sorted_images(video)[::stride]]
     if not train:
-        raise PadimError(f"{frames_dir}: the video folders hold no frames ({', '.join(IMAGE_SUFFIXES)})")
+        raise InputError(f"{frames_dir}: the video folders hold no frames ({', '.join(IMAGE_SUFFIXES)})")
     return train
 
 
 def _stc_test(root: Path, stride: int) -> list[Sample]:
     """Every stride-th frame of every test video, labelled by test_frame_mask, masked by test_pixel_mask."""
-    testing = _require_dir(root / "testing", "STC test data")
-    frames_dir = _require_dir(testing / "frames", "STC test frames, testing/frames/<video>/<frame>.jpg")
-    pixel_dir = _require_dir(testing / "test_pixel_mask", "STC pixel masks, testing/test_pixel_mask/<video>.npy")
-    label_dir = _require_dir(testing / "test_frame_mask", "STC frame labels, testing/test_frame_mask/<video>.npy")
-    videos = _subdirs(frames_dir)
+    testing = require_folder(root / "testing", "STC test data")
+    frames_dir = require_folder(testing / "frames", "STC test frames, testing/frames/<video>/<frame>.jpg")
+    pixel_dir = require_folder(testing / "test_pixel_mask", "STC pixel masks, testing/test_pixel_mask/<video>.npy")
+    label_dir = require_folder(testing / "test_frame_mask", "STC frame labels, testing/test_frame_mask/<video>.npy")
+    videos = subfolders(frames_dir)
     if not videos:
-        raise PadimError(f"{frames_dir}: no video folders (expected testing/frames/<video>/<frame>.jpg)")
+        raise InputError(f"{frames_dir}: no video folders (expected testing/frames/<video>/<frame>.jpg)")
     names = {v.name for v in videos}
     for stray in sorted(pixel_dir.glob("*.npy")):
         if stray.stem not in names:
-            raise PadimError(
+            raise InputError(
                 f"{stray}: pixel mask of video '{stray.stem}' but no frames folder {frames_dir / stray.stem}"
             )
     return [s for video in videos for s in _stc_video(video, pixel_dir, label_dir, stride)]
@@ -304,168 +356,21 @@ def _stc_test(root: Path, stride: int) -> list[Sample]:
 
 def _stc_video(video: Path, pixel_dir: Path, label_dir: Path, stride: int) -> list[Sample]:
     """The test samples of one STC video, after checking its masks match its frames."""
-    frames = _images(video)
+    frames = sorted_images(video)
     if not frames:
-        raise PadimError(f"{video}: test video folder has no frames")
+        raise InputError(f"{video}: test video folder has no frames")
     pixel_path, label_path = pixel_dir / f"{video.name}.npy", label_dir / f"{video.name}.npy"
     for path in (pixel_path, label_path):
         if not path.is_file():
-            raise PadimError(f"{path}: missing mask file for test video '{video.name}' ({len(frames)} frames)")
+            raise InputError(f"{path}: missing mask file for test video '{video.name}' ({len(frames)} frames)")
     pixels = _load_npy(pixel_path)
     if pixels.ndim != 3:
-        raise PadimError(f"{pixel_path}: expected an (n_frames, H, W) pixel mask array, got shape {pixels.shape}")
+        raise InputError(f"{pixel_path}: expected an (n_frames, H, W) pixel mask array, got shape {pixels.shape}")
     labels = np.asarray(_load_npy(label_path)).reshape(-1)
     for path, count in ((pixel_path, pixels.shape[0]), (label_path, labels.shape[0])):
         if count != len(frames):
-            raise PadimError(f"{path}: video '{video.name}' has {len(frames)} frames but its mask has {count}")
+            raise InputError(f"{path}: video '{video.name}' has {len(frames)} frames but its mask has {count}")
     return [
         Sample(frames[i], int(labels[i] > 0), "abnormal" if labels[i] > 0 else GOOD, MaskRef(pixel_path, i))
         for i in range(0, len(frames), stride)
     ]
-
-
-# --------------------------------------------------------------------------------------------------- folders
-
-
-def folder_split(
-    train_dir: PathLike, test_dir: PathLike, mask_dir: PathLike | None = None, name: str = "folder"
-) -> Split:
-    """A custom dataset: good images in train_dir; test images in test_dir; optional masks in mask_dir.
-
-    test_dir is either grouped, with subfolders named like MVTec AD's (``good/`` is label 0, any other folder is
-    a defect type, label 1), or flat (images directly inside), in which case mask_dir is required and an image is
-    defective (label 1, defect "defect") iff its mask exists and has a pixel set. A test image's mask is looked up as
-    ``<mask_dir>/<relative path without suffix>_mask.png``, then ``<mask_dir>/<relative path>``, then the relative
-    path with a ``.png`` suffix. In grouped mode a defective image without a mask is an error when mask_dir is
-    given; without mask_dir samples carry no masks (image-level evaluation only).
-    """
-    train = list_images(train_dir)
-    test_root = _require_dir(Path(test_dir), "test images")
-    masks = _require_dir(Path(mask_dir), "ground-truth masks") if mask_dir is not None else None
-    groups, loose = _subdirs(test_root), _images(test_root)
-    if groups and loose:
-        raise PadimError(f"{test_root}: holds both images and subfolders; use either a flat folder or "
-                         f"good/ and <defect>/ subfolders")
-    test = _grouped_test(test_root, groups, masks) if groups else _flat_test(test_root, loose, masks)
-    if not test:
-        raise PadimError(f"{test_root}: no test images ({', '.join(IMAGE_SUFFIXES)})")
-    return Split(name, train, test)
-
-
-def _find_mask(mask_dir: Path, relative: Path) -> Path | None:
-    """The first existing mask file for an image at `relative` inside the test folder."""
-    for candidate in (
-        relative.with_name(relative.stem + MASK_SUFFIX),
-        relative,
-        relative.with_suffix(".png"),
-    ):
-        if (mask_dir / candidate).is_file():
-            return mask_dir / candidate
-    return None
-
-
-def _grouped_test(test_root: Path, groups: list[Path], mask_dir: Path | None) -> list[Sample]:
-    """Samples from good/ and <defect>/ subfolders."""
-    samples = []
-    for group in groups:
-        for image in _images(group):
-            if group.name == GOOD:
-                samples.append(Sample(image, 0, GOOD, None))
-                continue
-            mask = None
-            if mask_dir is not None:
-                relative = image.relative_to(test_root)
-                mask = _find_mask(mask_dir, relative)
-                if mask is None:
-                    expected = mask_dir / relative.with_name(relative.stem + MASK_SUFFIX)
-                    raise PadimError(f"{expected}: missing ground-truth mask for test image {image}")
-            samples.append(Sample(image, 1, group.name, MaskRef(mask) if mask else None))
-    return samples
-
-
-def _flat_test(test_root: Path, images: list[Path], mask_dir: Path | None) -> list[Sample]:
-    """Samples from a flat folder, labelled by their masks."""
-    if images and mask_dir is None:
-        raise PadimError(f"{test_root}: a flat test folder needs mask_dir to tell good from defective images "
-                         f"(or sort the images into good/ and <defect>/ subfolders)")
-    samples = []
-    for image in images:
-        mask = _find_mask(mask_dir, image.relative_to(test_root))  # type: ignore[arg-type]
-        if mask is not None and _read_png_mask(mask).any():
-            samples.append(Sample(image, 1, "defect", MaskRef(mask)))
-        else:
-            samples.append(Sample(image, 0, GOOD, None))
-    return samples
-
-
-# --------------------------------------------------------------------------------------------------- transforms
-
-
-def image_shape(path: PathLike) -> tuple[int, int]:
-    """(height, width) of an image file once upright (EXIF orientation), read from its header without decoding."""
-    path = Path(path)
-    if not path.is_file():
-        raise PadimError(f"{path}: no such image file")
-    with open_image(path, str(path), max_pixels=None) as img:
-        return oriented_size(img, str(path))
-
-
-def transform_masks(samples: list[Sample], preprocess: Preprocess) -> np.ndarray:
-    """(N, h, w) bool ground truth, each mask resized and cropped exactly like its image."""
-    h, w = preprocess.output_size
-    out = np.zeros((len(samples), h, w), dtype=bool)
-    for i, sample in enumerate(samples):
-        if sample.mask is not None or sample.label == 1:
-            out[i] = preprocess.mask(sample.load_mask(image_shape(sample.image)))
-    return out
-
-
-def nonaligned(
-    image: torch.Tensor,
-    mask: np.ndarray | None,
-    rng: np.random.Generator,
-    resize: int = paper.NONALIGNED_RESIZE,
-    crop: int = paper.NONALIGNED_CROP,
-    max_degrees: float = paper.NONALIGNED_MAX_DEGREES,
-) -> tuple[torch.Tensor, np.ndarray | None]:
-    """Section V-C: resize, rotate by a random angle in (-max_degrees, max_degrees), random crop; same for the mask."""
-    _check_nonaligned(image, mask, resize, crop, max_degrees)
-    angle = float(rng.uniform(-max_degrees, max_degrees))
-    top, left = int(rng.integers(0, resize - crop + 1)), int(rng.integers(0, resize - crop + 1))
-    x = _resize_image(image.float(), resize)
-    x = _rotate(x, angle, nearest=False).clamp_(0.0, 1.0)[:, top : top + crop, left : left + crop]
-    if mask is None:
-        return x.contiguous(), None
-    m = torch.from_numpy(np.asarray(mask) > 0).to(torch.uint8)[None, None]
-    m = F.interpolate(m, size=(resize, resize), mode="nearest-exact")[0]
-    m = _rotate(m, angle, nearest=True)[0, top : top + crop, left : left + crop]
-    return x.contiguous(), m.numpy().astype(bool)
-
-
-def _check_nonaligned(image: torch.Tensor, mask: np.ndarray | None, resize: int, crop: int, max_degrees: float) -> None:
-    """Validate nonaligned's arguments."""
-    if not isinstance(image, torch.Tensor) or image.ndim != 3 or image.shape[0] != 3:
-        shape = tuple(image.shape) if hasattr(image, "shape") else type(image).__name__
-        raise PadimError(f"nonaligned: expected a (3, H, W) image tensor, got {shape}")
-    if mask is not None and tuple(np.shape(mask)) != tuple(image.shape[1:]):
-        raise PadimError(
-            f"nonaligned: mask shape {tuple(np.shape(mask))} differs from image size {tuple(image.shape[1:])}"
-        )
-    if not 1 <= crop <= resize:
-        raise PadimError(f"nonaligned: crop {crop} must be between 1 and the resize {resize}")
-    if not max_degrees >= 0:
-        raise PadimError(f"nonaligned: max_degrees must be >= 0, got {max_degrees}")
-
-
-def _resize_image(image: torch.Tensor, size: int) -> torch.Tensor:
-    """Bicubic resize of a (3, H, W) image to size x size, clamped to [0, 1]."""
-    return resize(image[None], (size, size)).clamp_(0.0, 1.0)[0]
-
-
-def _rotate(x: torch.Tensor, angle: float, nearest: bool) -> torch.Tensor:
-    """Rotate a (C, H, W) tensor about its centre (bilinear, or nearest for masks); corners filled with 0."""
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms.functional import rotate
-
-    mode = InterpolationMode.NEAREST if nearest else InterpolationMode.BILINEAR
-    return rotate(x, angle, interpolation=mode, fill=0.0)  # type: ignore[arg-type]

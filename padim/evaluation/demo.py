@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from padim.utils.atomic import atomic_write
-from padim.data import read_image
+from padim.images import read_image
 from padim.evaluation.metrics import image_auroc, pixel_auroc
 from padim.model import PaDiM
 from padim.reporting.overlay import heatmap_overlay, save_png, side_by_side
@@ -37,14 +37,15 @@ class DemoResult:
 
 def run_texture(root: Path, texture: str, verbose: bool, seed: int = 0) -> DemoResult:
     """Build one texture's inspection set, fit on its good parts, score its test set, write overlays."""
-    category = make_inspection_set(root / "data", texture, N_TRAIN, N_TEST_GOOD, N_TEST_DEFECT, seed=seed)
+    category = make_inspection_set(root / "data", texture, n_train=N_TRAIN, n_test_good=N_TEST_GOOD,
+                                   n_test_defect=N_TEST_DEFECT, seed=seed)
     train, test, mask_paths = load_split(category)
     t0 = time.perf_counter()
     model = PaDiM(verbose=verbose).fit(train)
     t1 = time.perf_counter()
     pred = model.predict(test)
     t2 = time.perf_counter()
-    pre = model.preprocess_
+    pre = model.preprocessing
     masks = [pre.mask(np.asarray(Image.open(m))) if m else np.zeros(pred.maps.shape[1:], bool) for m in mask_paths]
     labels = [m is not None for m in mask_paths]
     write_overlays(root / "overlays" / texture, model, test, pred.maps, masks, pred.scores)
@@ -57,7 +58,7 @@ def write_overlays(folder: Path, model: PaDiM, paths: list[Path], maps: np.ndarr
     """Save 'image | heat map with ground-truth contour' PNGs, named by score rank, on one colour scale."""
     vmin, vmax = float(np.nanmin(maps)), float(np.nanmax(maps))
     for rank, i in enumerate(np.argsort(-scores)):
-        rgb = (model.preprocess_.resized(read_image(paths[i])).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        rgb = (model.preprocessing.resized(read_image(paths[i])).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         panel = heatmap_overlay(rgb, maps[i], vmin=vmin, vmax=vmax, mask=masks[i])
         save_png(folder / f"{rank:03d}_{paths[i].parent.name}_{paths[i].stem}.png", side_by_side(rgb, panel))
 

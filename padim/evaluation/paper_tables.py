@@ -1,4 +1,4 @@
-"""Paper reproduction: configurations named after the paper's tables, evaluated beside its numbers."""
+"""Paper reproduction: configurations named after the paper's tables, run and evaluated (reports: paper_report)."""
 
 from __future__ import annotations
 
@@ -7,17 +7,17 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
 import numpy as np
-import torch
 
 from padim import paper
-from padim.data import read_image
-from padim.evaluation.datasets import MVTEC_TEXTURES, Split, nonaligned, transform_masks
-from padim.errors import PadimError
+from padim.images import read_image
+from padim.evaluation.datasets import Split
+from padim.evaluation.transforms import nonaligned, transform_masks
+from padim.errors import InputError
 from padim.evaluation.metrics import au_pro, image_auroc, pixel_auroc
 from padim.model import PaDiM
 from padim.plan import peak_rss_mb, reset_peak_rss  # noqa: F401 - measured here, and by benchmarks/
@@ -25,17 +25,37 @@ from padim.plan import peak_rss_mb, reset_peak_rss  # noqa: F401 - measured here
 
 @dataclass(frozen=True)
 class Config:
-    """A model configuration of the paper, and the tables that report it."""
+    """A model configuration of the paper, and the tables that report it.
+
+    Parameters
+    ----------
+    name : str
+        The configuration's name in CONFIGS and in paper_results.json.
+    backbone, layers, n_features, reduction
+        The model's parameters (as PaDiM's).
+    ensemble : tuple of layer tuples
+        Table I "Layer 1+2+3": one single-layer model per entry, their maps summed; () for one model.
+    tables : tuple of str
+        The paper's tables that report it, first the one compared with.
+    detection_only : bool
+        The paper reports image-level results only.
+    method : str
+        "padim", or a paper baseline: "spade", "vae".
+
+    Attributes
+    ----------
+    The parameters, as given.
+    """
 
     name: str
     backbone: str = "resnet18"
     layers: tuple[str, ...] | None = None
     n_features: int | str | None = None
     reduction: str = "random"
-    ensemble: tuple[tuple[str, ...], ...] = ()  # Table I "Layer 1+2+3": sum of single-layer models' maps
+    ensemble: tuple[tuple[str, ...], ...] = ()
     tables: tuple[str, ...] = ()
     detection_only: bool = False
-    method: str = "padim"  # "padim", or a paper baseline: "spade", "vae"
+    method: str = "padim"
 
 
 CONFIGS: dict[str, Config] = {
@@ -75,7 +95,13 @@ def paper_row(config: Config, table: str | None = None) -> tuple[str | None, dic
     return None, {}
 
 
-# ----------------------------------------------------------------------------- memory
+def config_for(name: str) -> Config:
+    """A configuration by its paper name."""
+    if name not in CONFIGS:
+        raise InputError(f"unknown config {name!r}: choose one of {', '.join(CONFIGS)}")
+    return CONFIGS[name]
+
+
 # ----------------------------------------------------------------------------- evaluation
 def score_split(
     predict: Callable[[list], tuple[np.ndarray, np.ndarray]], split: Split, masks: np.ndarray, images: list
@@ -94,7 +120,7 @@ def score_split(
 
 def evaluate(model: PaDiM, split: Split) -> dict[str, float]:
     """Metrics of a fitted model on a split's test set (masks transformed like the images)."""
-    masks = transform_masks(split.test, model.preprocess_)
+    masks = transform_masks(split.test, model.preprocessing)
 
     def predict(images: list) -> tuple[np.ndarray, np.ndarray]:
         pred = model.predict(images)
@@ -105,7 +131,25 @@ def evaluate(model: PaDiM, split: Split) -> dict[str, float]:
 
 @dataclass
 class CategoryResult:
-    """One configuration on one category: metrics (mean over seeds), their standard errors and costs."""
+    """One configuration on one category: metrics (mean over seeds), their standard errors and costs.
+
+    Parameters
+    ----------
+    category : str
+        The split's name.
+    metrics, sem : dict of str to float
+        Each metric's mean over seeds, and its standard error (empty for one seed).
+    fit_seconds, predict_seconds : float
+        Mean wall time of fitting and of predicting the test set.
+    peak_fit_mb, peak_predict_mb : float
+        Peak resident memory while fitting and while predicting.
+    n_train, seeds : int
+        Training images and seeds.
+
+    Attributes
+    ----------
+    The parameters, as given.
+    """
 
     category: str
     metrics: dict[str, float]
@@ -120,7 +164,25 @@ class CategoryResult:
 
 @dataclass
 class Options:
-    """How to run a benchmark: device, batch size, seeds, non-aligned protocol, preprocessing, weights."""
+    """How to run a benchmark: device, batch size, seeds, non-aligned protocol, preprocessing, weights.
+
+    Parameters
+    ----------
+    device, batch_size, image_size, crop_size, weights, verbose
+        Passed to every model (as PaDiM's parameters).
+    seeds : int
+        Seeds 0 .. seeds-1 each fit and evaluate; the results are their means.
+    non_aligned : bool
+        The non-aligned protocol of Section V-C.
+    vae_epochs, vae_images : int
+        The VAE's epochs and augmented training images per epoch.
+    checkpoints : str or None
+        Folder of the VAE's training checkpoints (resumed when present).
+
+    Attributes
+    ----------
+    The parameters, as given.
+    """
 
     device: str = "cpu"
     batch_size: int = 32
@@ -131,12 +193,12 @@ class Options:
     weights: str | None = None
     verbose: bool = False
     vae_epochs: int = paper.VAE_EPOCHS
-    vae_images: int = paper.VAE_TRAIN_IMAGES  # augmented training images per epoch
-    checkpoints: str | None = None  # folder for VAE training checkpoints (resumed when present)
+    vae_images: int = paper.VAE_TRAIN_IMAGES
+    checkpoints: str | None = None
 
 
 def _models(config: Config, options: Options, seed: int, tag: str = "") -> list[Any]:
-    """The model (or, for layer-sum, the single-layer models) of a configuration; fit/predict/preprocess_ alike."""
+    """The model (or, for layer-sum, the single-layer models) of a configuration; fit/predict/preprocessing alike."""
     size, crop = options.image_size, options.crop_size
     if options.non_aligned:  # images arrive already resized, rotated and cropped
         size, crop = paper.MVTEC_CROP, None
@@ -158,7 +220,7 @@ def _vae(options: Options, tag: str, seed: int, common: dict[str, Any]) -> Any:
     from padim.baselines.vae import VAE
 
     if options.non_aligned:
-        raise PadimError("the non-aligned protocol (Section V-C) is defined for PaDiM and SPADE, not for the VAE")
+        raise InputError("the non-aligned protocol (Section V-C) is defined for PaDiM and SPADE, not for the VAE")
     checkpoint = None
     if options.checkpoints:
         os.makedirs(options.checkpoints, exist_ok=True)
@@ -189,7 +251,7 @@ def run_category(config: Config, split: Split, options: Options) -> CategoryResu
             train, test, masks = _nonaligned_inputs(split, seed)
         else:
             train, test = list(split.train), [s.image for s in split.test]
-            masks = transform_masks(split.test, models[0].preprocess_)
+            masks = transform_masks(split.test, models[0].preprocessing)
         reset_peak_rss()
         t0 = time.perf_counter()
         for model in models:
@@ -226,149 +288,3 @@ def run_benchmark(config: Config, splits: Iterable[Split], options: Options,
         if on_result:
             on_result(results[-1])
     return results
-
-
-# ----------------------------------------------------------------------------- report
-def group_means(results: list[CategoryResult]) -> dict[str, dict[str, float]]:
-    """Mean metrics over texture classes, object classes and all classes (the paper's summary rows)."""
-    groups = {
-        "texture": [r for r in results if r.category in MVTEC_TEXTURES],
-        "object": [r for r in results if r.category not in MVTEC_TEXTURES],
-        "all": results,
-    }
-    out = {}
-    for name, members in groups.items():
-        if members and (name == "all" or len(members) < len(results)):
-            keys = set.intersection(*(set(r.metrics) for r in members))
-            out[name] = {k: float(np.mean([r.metrics[k] for r in members])) for k in sorted(keys)}
-    return out
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
-
-
-def _paper_pair(row: dict[str, list], key: str) -> tuple[float | None, float | None]:
-    values = row.get(key) or [None, None]
-    return values[0], values[1]
-
-
-def _diff(ours: float | None, theirs: float | None) -> str:
-    if ours is None or theirs is None:
-        return "-"
-    return f"{100 * ours - theirs:+.1f}"
-
-
-def markdown_table(config: Config, results: list[CategoryResult], table: str | None = None,
-                   options: Options | None = None) -> str:
-    """Per-category table with the paper's value beside ours and the difference, then the group means."""
-    table_name, row = paper_row(config, table)
-    source = f"paper {table_name.replace('_', ' ')}" if table_name else "paper: no value for this configuration"
-    if options is not None and options.weights == "random":
-        source += "; RANDOM backbone weights, not ImageNet: not comparable with the paper"
-    if options is not None and options.non_aligned:
-        source += "; non-aligned protocol (Section V-C)"
-    head = ("| category | image AUROC | pixel AUROC | paper | diff | AU-PRO | paper | diff | fit s | predict s "
-            "| peak fit MB | peak predict MB |")
-    lines = [f"**{config.name}** ({source}; percentages; means over {results[0].seeds if results else 1} seed(s))",
-             "", head, "|" + "---|" * 12]
-
-    def line(name: str, m: dict[str, float], extra: str) -> str:
-        pa, pp = _paper_pair(row, name)
-        pix, pro = m.get("pixel_auroc"), m.get("au_pro")
-        return (f"| {name} | {_pct(m.get('image_auroc'))} | {_pct(pix)} | {pa if pa is not None else '-'} | "
-                f"{_diff(pix, pa)} | {_pct(pro)} | {pp if pp is not None else '-'} | {_diff(pro, pp)} | {extra}")
-
-    for r in results:
-        lines.append(line(r.category, r.metrics, f"{r.fit_seconds:.1f} | {r.predict_seconds:.1f} | "
-                                                  f"{r.peak_fit_mb:.0f} | {r.peak_predict_mb:.0f} |"))
-    for name, m in group_means(results).items():
-        lines.append(line(f"{name}", m, " |  |  |  |").replace(f"| {name} |", f"| **{name}** |", 1))
-    if results and results[0].seeds > 1:
-        lines += ["", "Standard error of the mean over seeds (pixel AUROC, AU-PRO), per category: " + ", ".join(
-            f"{r.category} {100 * r.sem.get('pixel_auroc', 0):.2g}/{100 * r.sem.get('au_pro', 0):.2g}" for r in results)]
-    return "\n".join(lines) + "\n"
-
-
-def results_json(config: Config, results: list[CategoryResult], options: Options,
-                 table: str | None = None) -> dict[str, Any]:
-    """Everything a report needs, JSON-ready."""
-    table_name, row = paper_row(config, table)
-    return {
-        "config": asdict(config),
-        "options": asdict(options),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "categories": [asdict(r) for r in results],
-        "means": group_means(results),
-        "paper": {"table": table_name, "values": row},
-    }
-
-
-def config_for(name: str) -> Config:
-    """A configuration by its paper name."""
-    if name not in CONFIGS:
-        raise PadimError(f"unknown config {name!r}: choose one of {', '.join(CONFIGS)}")
-    return CONFIGS[name]
-
-
-def combined_table(runs: list[tuple[Config, list[CategoryResult]]], table: str | None = None,
-                   options: Options | None = None) -> str:
-    """Methods side by side: each one's pixel AUROC and AU-PRO beside the paper's value for it."""
-    rows = [(config, paper_row(config, table)[1], {r.category: r.metrics for r in results}, group_means(results))
-            for config, results in runs]
-    names = list(dict.fromkeys(r.category for _, results in runs for r in results))
-    groups = list(dict.fromkeys(g for *_, means in rows for g in means))
-    head = "| category | " + " | ".join(f"{c.name} pixel AUROC | paper | {c.name} AU-PRO | paper" for c, *_ in rows) + " |"
-    caption = "Methods side by side (percentages; paper: Table III for MVTec AD, Table IV for STC)"
-    if options is not None and options.weights == "random":
-        caption += "; RANDOM backbone weights, not ImageNet: not comparable with the paper"
-    lines = [caption, "", head, "|" + "---|" * (1 + 4 * len(rows))]
-
-    def cells(paper_values: dict[str, list], metrics: dict[str, float] | None, name: str) -> str:
-        pa, pp = _paper_pair(paper_values, name)
-        m = metrics or {}
-        return " | ".join([_pct(m.get("pixel_auroc")), _num(pa), _pct(m.get("au_pro")), _num(pp)])
-
-    for name in names:
-        lines.append(f"| {name} | " + " | ".join(cells(pv, per.get(name), name) for _, pv, per, _ in rows) + " |")
-    for group in groups:
-        lines.append(f"| **{group}** | " + " | ".join(cells(pv, means.get(group), group) for _, pv, _, means in rows) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def paper_table(runs: list[tuple[Config, list[CategoryResult]]], table: str = "table_III",
-                options: Options | None = None) -> str:
-    """The paper's table with every one of its columns: ours beside the paper where we ran it, else quoted.
-
-    Methods we did not run (AE-SSIM, AE-L2, Student, Patch SVDD, ...) show the paper's numbers, marked
-    "quoted": they are transcribed, not reproduced. Cells are (pixel AUROC, PRO) percentages.
-    """
-    spec = paper_results()[table]
-    ours = {config.name: ({r.category: r.metrics for r in results}, group_means(results)) for config, results in runs}
-    columns = list(spec["columns"]) + [c.name for c, _ in runs if c.name not in spec["columns"]]
-    heads = [spec["column_names"].get(c, c) + ("" if c in ours else " (quoted)") for c in columns]
-    caption = f"{spec['caption']}: ours / paper where run here, the paper's value (quoted) elsewhere"
-    if options is not None and options.weights == "random":
-        caption += "; RANDOM backbone weights, not ImageNet: not comparable with the paper"
-    names = list(dict.fromkeys([r.category for _, results in runs for r in results]))
-    groups = list(dict.fromkeys(g for per, means in ours.values() for g in means))
-
-    def cell(column: str, name: str) -> str:
-        pair = "(" + ", ".join(_num(v) for v in _paper_pair(spec["rows"].get(column, {}), name)) + ")"
-        if column not in ours:
-            return pair
-        per, means = ours[column]
-        m = per.get(name) or means.get(name) or {}
-        return f"({_pct(m.get('pixel_auroc'))}, {_pct(m.get('au_pro'))}) / {pair}"
-
-    lines = [caption, "", "| category | " + " | ".join(heads) + " |", "|" + "---|" * (1 + len(columns))]
-    for name in names + groups:
-        label = name if name in names else f"**{name}**"
-        lines.append(f"| {label} | " + " | ".join(cell(c, name) for c in columns) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value}"

@@ -12,7 +12,8 @@ from PIL import Image
 from scipy import ndimage
 
 from padim import paper
-from padim.errors import PadimError
+from padim.evaluation.datasets import mvtec_category
+from padim.errors import InputError
 
 TEXTURES = ("brick", "grass", "gravel")
 DEFECT_KINDS = ("scratch", "stain", "hole", "foreign")
@@ -26,7 +27,7 @@ AREA_RANGE = (0.02, 0.08)  # defect area as a fraction of the image
 def load_texture(name: str) -> np.ndarray:
     """The 512x512 grayscale uint8 photo of a bundled texture."""
     if name not in TEXTURES:
-        raise PadimError(f"unknown texture {name!r}; choose one of {TEXTURES}")
+        raise InputError(f"unknown texture {name!r}; choose one of {TEXTURES}")
     import skimage.data
 
     photo = getattr(skimage.data, name)()
@@ -34,17 +35,17 @@ def load_texture(name: str) -> np.ndarray:
     return photo
 
 
-def _split_rows(height: int) -> int:
+def _test_band_start(height: int) -> int:
     """First row of the test band; rows above it belong to the train band."""
     return int(height * TRAIN_FRACTION)
 
 
 def _crop_origin(height: int, width: int, size: int, split: str, rng: np.random.Generator) -> tuple[int, int]:
     """Random (top, left) of a size x size crop lying entirely inside the train or test band."""
-    boundary = _split_rows(height)
+    boundary = _test_band_start(height)
     lo, hi = (0, boundary - size) if split == "train" else (boundary, height - size)
     if hi < lo or width < size:
-        raise PadimError(f"crop size {size} does not fit in the {split} band of a {height}x{width} photo")
+        raise InputError(f"crop size {size} does not fit in the {split} band of a {height}x{width} photo")
     return int(rng.integers(lo, hi + 1)), int(rng.integers(0, width - size + 1))
 
 
@@ -206,14 +207,14 @@ def paint_defect(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Paint one defect of the given kind; return the defective RGB uint8 copy and its boolean mask."""
     if kind not in DEFECT_KINDS:
-        raise PadimError(f"unknown defect kind {kind!r}; choose one of {DEFECT_KINDS}")
+        raise InputError(f"unknown defect kind {kind!r}; choose one of {DEFECT_KINDS}")
     if image.ndim not in (2, 3) or min(image.shape[:2]) < MIN_SIZE:
-        raise PadimError(f"image must be HxW or HxWx3 and at least {MIN_SIZE} px a side, got {image.shape}")
+        raise InputError(f"image must be HxW or HxWx3 and at least {MIN_SIZE} px a side, got {image.shape}")
     base = _to_rgb_uint8(image).astype(np.float32)
     if kind == "foreign":
         if donor is None or donor.shape[:2] != image.shape[:2]:
             got = None if donor is None else donor.shape
-            raise PadimError(f"'foreign' needs a donor image of shape {image.shape[:2]}, got {got}")
+            raise InputError(f"'foreign' needs a donor image of shape {image.shape[:2]}, got {got}")
         out, mask = _foreign(base, _to_rgb_uint8(donor).astype(np.float32), rng)
     else:
         out, mask = {"scratch": _scratch, "stain": _stain, "hole": _hole}[kind](base, rng)
@@ -282,6 +283,7 @@ def _write_set(
 def make_inspection_set(
     root: str | Path,
     texture: str = "brick",
+    *,
     n_train: int = 40,
     n_test_good: int = 10,
     n_test_defect: int = 20,
@@ -295,15 +297,15 @@ def make_inspection_set(
     crop never sees (6.25% of the side), to measure what a preprocessing covers.
     """
     if defects_at not in ("anywhere", "border"):
-        raise PadimError(f"defects_at must be 'anywhere' or 'border', got {defects_at!r}")
+        raise InputError(f"defects_at must be 'anywhere' or 'border', got {defects_at!r}")
     if texture not in TEXTURES:
-        raise PadimError(f"unknown texture {texture!r}; choose one of {TEXTURES}")
+        raise InputError(f"unknown texture {texture!r}; choose one of {TEXTURES}")
     if min(n_train, n_test_good, n_test_defect) < 0:
-        raise PadimError("image counts must not be negative")
+        raise InputError("image counts must not be negative")
     photo_height = load_texture(texture).shape[0]
-    largest = photo_height - _split_rows(photo_height)
+    largest = photo_height - _test_band_start(photo_height)
     if not MIN_SIZE <= size <= largest:
-        raise PadimError(f"size must be between {MIN_SIZE} and {largest} for the test band to hold a crop, got {size}")
+        raise InputError(f"size must be between {MIN_SIZE} and {largest} for the test band to hold a crop, got {size}")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     category = root / texture
@@ -321,17 +323,10 @@ def make_inspection_set(
 
 
 def load_split(category_dir: str | Path) -> tuple[list[Path], list[Path], list[Path | None]]:
-    """Train image paths, test image paths and each test image's mask path (None for good parts)."""
+    """Train image paths, test image paths and each test image's mask path (None for good parts).
+
+    The set is in MVTec AD's layout, so it is read by padim.evaluation.datasets' parser of that layout.
+    """
     category = Path(category_dir)
-    train = sorted((category / "train" / "good").glob("*.png"))
-    test = sorted((category / "test").glob("*/*.png"), key=lambda p: (p.parent.name, p.name))
-    masks: list[Path | None] = []
-    for path in test:
-        if path.parent.name == "good":
-            masks.append(None)
-            continue
-        mask = category / "ground_truth" / path.parent.name / f"{path.stem}_mask.png"
-        if not mask.is_file():
-            raise PadimError(f"missing ground-truth mask {mask} for test image {path}")
-        masks.append(mask)
-    return train, test, masks
+    split = mvtec_category(category.parent, category.name)
+    return split.train, split.test_images, [None if s.mask is None else s.mask.path for s in split.test]

@@ -21,7 +21,7 @@ import numpy as np
 
 from padim import paper
 from padim.utils.atomic import atomic_write
-from padim.data import DEFAULT_MAX_PIXELS
+from padim.images import DEFAULT_MAX_PIXELS
 from padim.errors import PadimError
 from padim.reporting.overlay import MASK_COLOUR, THRESHOLD_COLOUR, as_rgb, contour, heatmap_overlay
 
@@ -155,7 +155,7 @@ def _shrink(array: np.ndarray, size: tuple[int, int], kind: str) -> np.ndarray:
 def _load_image(source: Any) -> np.ndarray:
     """An image given as an RGB uint8 array, or a path read at its own size."""
     if isinstance(source, (str, os.PathLike)):
-        from padim.data import read_image
+        from padim.images import read_image
 
         return (read_image(source).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     return as_rgb(np.asarray(source))
@@ -562,7 +562,7 @@ class _Preprocessed(Sequence):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]
-        from padim.data import read_image
+        from padim.images import read_image
 
         rgb = self.preprocess.resized(read_image(self.paths[i], self.max_pixels))
         return (rgb.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
@@ -581,8 +581,9 @@ def collect_inputs(inputs: Sequence[str],
     files give their images, with masks from `masks_dir/<stem>_mask.png` when masks_dir is set (no mask
     file, or an empty one: a good image).
     """
-    from padim.data import list_images
-    from padim.evaluation.datasets import GOOD, MASK_SUFFIX, MaskRef, Sample, image_shape, mvtec_category
+    from padim.images import list_images
+    from padim.evaluation.datasets import GOOD, MASK_SUFFIX, MaskRef, Sample, mvtec_category
+    from padim.images import image_shape
 
     mask_root = Path(masks_dir) if masks_dir is not None else None
     if mask_root is not None and not mask_root.is_dir():
@@ -627,10 +628,10 @@ def report_from_files(
     pixel_threshold: float | None = None,
 ) -> "Prediction":
     """Predict on the inputs (see collect_inputs) and write the report, on the model's input grid."""
-    from padim.evaluation.datasets import image_shape
+    from padim.images import image_shape
 
     paths, samples = collect_inputs(inputs, masks_dir)
-    pre = model.preprocess_
+    pre = model.preprocessing
     prediction = model.predict(paths, image_threshold=image_threshold, pixel_threshold=pixel_threshold)
     masks = [None if s is None else pre.mask(s.load_mask(image_shape(s.image))) for s in samples]
     known = [s is not None for s in samples]

@@ -22,7 +22,7 @@ import torch
 
 from padim import distributed
 from padim.utils.atomic import atomic_write
-from padim.data import DEFAULT_MAX_PIXELS, Size, read_image
+from padim.images import DEFAULT_MAX_PIXELS, Size, read_image
 from padim.errors import PadimError
 from padim.model import PaDiM, Prediction, add_verdicts
 
@@ -100,7 +100,7 @@ class OriginalMaps(Sequence):
     """Model-grid maps shown at their images' original sizes, each resized when asked for (for the report)."""
 
     def __init__(self, grid_maps: np.ndarray, sizes: Sequence[Size], model: PaDiM) -> None:
-        self.grid_maps, self.sizes, self.preprocess = grid_maps, list(sizes), model.preprocess_
+        self.grid_maps, self.sizes, self.preprocess = grid_maps, list(sizes), model.preprocessing
 
     def __len__(self) -> int:
         return len(self.sizes)
@@ -141,7 +141,7 @@ def _score_pass(model: PaDiM, paths: list[Path], indices: list[int], folder: Pat
         for j, (name, size) in enumerate(zip(batch.names, batch.original_sizes)):
             i = indices[k]
             k += 1
-            amap = original_map(model.preprocess_, maps[j], size)
+            amap = original_map(model.preprocessing, maps[j], size)
             frame = {key: None if v is None else v[j : j + 1] for key, v in checks.items()}
             one = add_verdicts(Prediction([name], scores[j : j + 1], [amap], frame_scores=frame["frame_scores"],
                                           contrast=frame["contrast"], blank=frame["blank"]),
@@ -173,7 +173,7 @@ def _draw_overlays(model: PaDiM, rows: list[dict[str, Any]], sizes: list[Size], 
     images = Images([row["image"] for row in rows], model)
     for k, row in enumerate(rows):
         rgb = images[k]
-        amap = original_map(model.preprocess_, torch.from_numpy(np.array(grid_maps[k])), sizes[k])
+        amap = original_map(model.preprocessing, torch.from_numpy(np.array(grid_maps[k])), sizes[k])
         panel = side_by_side(rgb, heatmap_overlay(rgb, amap, vmin=vmin, vmax=vmax, threshold=pixel_threshold))
         save_png(folder / row["overlay"], panel)
 
@@ -215,7 +215,7 @@ def write_results(
         raise PadimError(f"{out}: cannot create output folder ({exc.strerror})") from None
     indices = distributed.shard_indices(len(paths))
     it, pt = _resolved_thresholds(model, image_threshold, pixel_threshold)
-    spill = _Spill(out, model.preprocess_.output_size) if overlays or report else None
+    spill = _Spill(out, model.preprocessing.output_size) if overlays or report else None
     try:
         rows, sizes, low, high = [], [], np.inf, -np.inf
         for row, size, lo, hi in _score_pass(model, paths, indices, out, spill, image_threshold, pixel_threshold,

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from stat import S_ISREG
 
-from padim.errors import PadimError
+from padim.errors import InputError, PadimEnvironmentError
 
 STALE_AFTER_S = 24 * 3600  # a temporary file untouched this long has no live writer, whatever its host
 TEMP_NAME = re.compile(r"^\..+\.padim-(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-[A-Za-z0-9_]+\.tmp$")
@@ -99,12 +99,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Non
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
-        raise PadimError(f"{path}: cannot write, folder {folder} does not exist")
+        raise InputError(f"{path}: cannot write, folder {folder} does not exist")
     _sweep(folder)
     try:
         fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=folder)
     except OSError as exc:
-        raise PadimError(f"{path}: cannot write ({exc.strerror})") from None
+        raise PadimEnvironmentError(f"{path}: cannot write ({exc.strerror})") from None
     os.close(fd)
     try:
         write(tmp)
@@ -113,11 +113,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Non
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        raise PadimError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        raise PadimEnvironmentError(f"{path}: cannot write ({exc.strerror or exc})") from None
     except Exception as exc:
         if not _is_io_error(exc):
             raise
-        raise PadimError(f"{path}: cannot write ({str(exc).strip().splitlines()[0]})") from None
+        raise PadimEnvironmentError(f"{path}: cannot write ({str(exc).strip().splitlines()[0]})") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -133,13 +133,13 @@ def check_writable(path: str | os.PathLike) -> None:
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
-        raise PadimError(f"{path}: cannot write, folder {folder} does not exist")
+        raise InputError(f"{path}: cannot write, folder {folder} does not exist")
     if path.is_dir():
-        raise PadimError(f"{path}: cannot write, it is a folder")
+        raise InputError(f"{path}: cannot write, it is a folder")
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     except OSError as exc:
-        raise PadimError(f"{path}: cannot write ({exc.strerror})") from None
+        raise PadimEnvironmentError(f"{path}: cannot write ({exc.strerror})") from None
     os.close(fd)
     os.unlink(tmp)
 

@@ -1,4 +1,10 @@
-"""One table of what every parameter may be, checked by PaDiM's constructor path and by model loading.
+"""Tables of what every parameter may be, one per estimator, and the one function that checks them.
+
+As in scikit-learn (``_parameter_constraints``), each estimator class declares, for every constructor
+parameter, the rules one of which its value must satisfy, and a few checks of what no single value
+shows (a crop inside its image, an engine on its device, a folder that exists), each raising its own
+one-line error. ``validate_params`` runs both for any estimator; ``check_params`` checks a dict of
+values against a table (the model file's, and the parameters ``PaDiM.load`` is given).
 
 A value a user or a model file can set is checked here before anything is allocated or read: a
 header edited to sigma 1e6 or an image size of 100000 is refused in one line, not obeyed.
@@ -15,7 +21,7 @@ from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import Any
 
-from padim.errors import PadimError
+from padim.errors import InputError, ModelFileError, PadimEnvironmentError
 
 MAX_SIDE = 4096  # pixels per side of the backbone input (the paper uses 224-256)
 MIN_SIDE = 32  # the deepest usual tap (stride 16-32) still gives a feature grid
@@ -30,7 +36,20 @@ MAX_LAYERS = 16
 
 @dataclass(frozen=True)
 class Rule:
-    """One acceptable kind of value: a test and the words that describe it."""
+    """One acceptable kind of value: a test and the words that describe it.
+
+    Parameters
+    ----------
+    accepts : callable
+        True for a value of this kind.
+    text : str
+        What the kind is, completing "<name> must be ..." in the error.
+
+    Attributes
+    ----------
+    accepts, text
+        As given.
+    """
 
     accepts: Callable[[Any], bool]
     text: str
@@ -51,7 +70,7 @@ def integer(low: int, high: int) -> Rule:
     return Rule(lambda v: _is_int(v) and low <= int(v) <= high, f"an integer in [{low}, {high}]")
 
 
-def real(low: float, high: float, low_open: bool = False, high_open: bool = False) -> Rule:
+def real(low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> Rule:
     """A finite number between low and high, each end open or closed."""
     def ok(v: Any) -> bool:
         if not _is_real(v):
@@ -66,10 +85,18 @@ def one_of(*options: Any) -> Rule:
     return Rule(lambda v: isinstance(v, (str, type(None))) and v in options, "one of " + ", ".join(map(repr, options)))
 
 
+def multiple_of(step: int, why: str) -> Rule:
+    """A positive integer multiple of step (`why` says what step is)."""
+    return Rule(lambda v: _is_int(v) and int(v) >= step and int(v) % step == 0, f"a multiple of {step} ({why})")
+
+
 NONE = Rule(lambda v: v is None, "None")
 BOOL = Rule(lambda v: isinstance(v, bool), "True or False")
 TEXT = Rule(lambda v: isinstance(v, str) and bool(v.strip()) and "\n" not in v, "a non-empty name")
 PATH = Rule(lambda v: isinstance(v, (str, os.PathLike)) and bool(str(v).strip()), "a file path")
+POSITIVE_INT = Rule(lambda v: _is_int(v) and int(v) >= 1, "a positive integer")
+POSITIVE = Rule(lambda v: _is_real(v) and float(v) > 0, "positive")
+NON_NEGATIVE = Rule(lambda v: _is_real(v) and float(v) >= 0, ">= 0")
 
 
 def _is_size(v: Any) -> bool:
@@ -85,25 +112,33 @@ def _is_layers(v: Any) -> bool:
 
 
 SIZE = Rule(_is_size, f"an integer or (height, width) of integers in [{MIN_SIDE}, {MAX_SIDE}]")
+SIDE = integer(1, MAX_SIDE)
 LAYERS = Rule(_is_layers, f"1 to {MAX_LAYERS} distinct, non-empty module names")
 FRACTION = real(0.0, 1.0, low_open=True, high_open=True)
 
-# What each PaDiM parameter may be: any one of its rules.
-PARAMETER_CONSTRAINTS: dict[str, list[Rule]] = {
+Constraints = dict[str, list[Rule]]
+
+# Parameters PaDiM and the paper's baselines share, with the same meaning.
+COMMON_CONSTRAINTS: Constraints = {
     "backbone": [TEXT],
-    "layers": [NONE, LAYERS],
-    "n_features": [NONE, one_of("all"), integer(1, MAX_FEATURES)],
-    "reduction": [one_of("random", "pca")],
-    "eps": [real(MIN_EPS, MAX_EPS)],
     "image_size": [SIZE],
     "crop_size": [NONE, SIZE],
     "seed": [integer(0, MAX_SEED)],
     "device": [TEXT],
     "batch_size": [integer(1, MAX_BATCH)],
     "weights": [NONE, PATH],
-    "sigma": [real(0.0, MAX_SIGMA)],
     "workers": [NONE, integer(0, 64)],
     "verbose": [BOOL],
+}
+
+# What each PaDiM parameter may be: any one of its rules.
+PADIM_CONSTRAINTS: Constraints = {
+    **COMMON_CONSTRAINTS,
+    "layers": [NONE, LAYERS],
+    "n_features": [NONE, one_of("all"), integer(1, MAX_FEATURES)],
+    "reduction": [one_of("random", "pca")],
+    "eps": [real(MIN_EPS, MAX_EPS)],
+    "sigma": [real(0.0, MAX_SIGMA)],
     "holdout": [real(0.0, 1.0, high_open=True)],
     "fpr": [FRACTION],
     "engine": [TEXT],
@@ -112,7 +147,7 @@ PARAMETER_CONSTRAINTS: dict[str, list[Rule]] = {
 }
 
 # Values only a model file sets (checked on load, beside the constructor's parameters).
-FILE_CONSTRAINTS: dict[str, list[Rule]] = {
+FILE_CONSTRAINTS: Constraints = {
     "n_samples_seen": [integer(1, 2**53)],
     "feature_side": [integer(1, MAX_SIDE)],
     "channels": [integer(1, 65536)],
@@ -123,20 +158,74 @@ FILE_CONSTRAINTS: dict[str, list[Rule]] = {
 THRESHOLD = real(0.0, 3.4e38)  # scores are distances: >= 0 and finite
 
 
+@dataclass(frozen=True)
+class Check:
+    """A test of parameters together (or of the machine) that raises its own one-line error.
+
+    Parameters
+    ----------
+    test : callable
+        Called with the named parameters' values, in order; raises a PadimError to refuse them.
+    names : tuple of str
+        The parameters it reads.
+
+    Attributes
+    ----------
+    test, names
+        As given.
+    """
+
+    test: Callable[..., object]
+    names: tuple[str, ...]
+
+    def run(self, params: dict[str, Any]) -> None:
+        """Call the test with the named parameters' values."""
+        self.test(*(params[name] for name in self.names))
+
+
 def check_value(name: str, value: Any, rules: list[Rule], where: str = "") -> None:
-    """Refuse a value no rule accepts, in one line naming the parameter (and file, if any)."""
+    """Refuse a value no rule accepts, in one line naming the parameter (and the file it came from, if any)."""
     if any(rule.accepts(value) for rule in rules):
         return
     shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
     prefix = f"{where}: " if where else ""
-    raise PadimError(f"{prefix}{name} must be {' or '.join(r.text for r in rules)}, got {shown}")
+    error = ModelFileError if where else InputError
+    raise error(f"{prefix}{name} must be {' or '.join(r.text for r in rules)}, got {shown}")
 
 
-def check_params(params: dict[str, Any], where: str = "") -> None:
+def check_params(params: dict[str, Any], constraints: Constraints, where: str = "") -> None:
     """Check every parameter the table knows; unknown names are left to the caller."""
     for name, value in params.items():
-        if name in PARAMETER_CONSTRAINTS:
-            check_value(name, value, PARAMETER_CONSTRAINTS[name], where)
+        if name in constraints:
+            check_value(name, value, constraints[name], where)
+
+
+def validate_params(estimator: Any, *, checks: bool = True) -> None:
+    """Check an estimator's parameters against its class's `_parameter_constraints`, then its `_parameter_checks`."""
+    constraints: Constraints = estimator._parameter_constraints
+    params = {name: getattr(estimator, name) for name in constraints}
+    check_params(params, constraints)
+    for check in estimator._parameter_checks if checks else ():
+        check.run(params)
+
+
+class CheckedParameters:
+    """Base of the estimators: `_check_params` checks the parameters against the class's tables.
+
+    Attributes
+    ----------
+    _parameter_constraints : dict of str to list of Rule
+        For every constructor parameter, the rules one of which its value must satisfy.
+    _parameter_checks : tuple of Check
+        The tests of several parameters together (or of the machine), run after the table.
+    """
+
+    _parameter_constraints: Constraints = {}
+    _parameter_checks: tuple[Check, ...] = ()
+
+    def _check_params(self) -> None:
+        """Reject parameter values that cannot work, before any image is read."""
+        validate_params(self)
 
 
 def gaussians_bytes(size: tuple[int, int], stride: int, dim: int) -> int:
@@ -157,7 +246,7 @@ def check_memory(size: tuple[int, int], stride: int, dim: int) -> None:
     """Refuse, before allocating, Gaussians larger than this machine's memory (e.g. a huge image size)."""
     need, have = gaussians_bytes(size, stride, dim), physical_memory()
     if have is not None and need > have:
-        raise PadimError(f"image size {size[0]}x{size[1]} with {dim} features needs about {need / 2**30:.0f} GiB for "
+        raise PadimEnvironmentError(f"image size {size[0]}x{size[1]} with {dim} features needs about {need / 2**30:.0f} GiB for "
                          f"the Gaussians, more than this machine's {have / 2**30:.0f} GiB: use a smaller image size, "
                          f"crop size or n_features")
 

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from padim.errors import PadimError
+from padim.errors import InputError
 
 if TYPE_CHECKING:
     import torch
@@ -94,7 +94,7 @@ def _env_threads() -> int | None:
     except ValueError:
         n = 0
     if n < 1:
-        raise PadimError(f"{ENV_VAR}={value!r}: expected a positive integer")
+        raise InputError(f"{ENV_VAR}={value!r}: expected a positive integer")
     return n
 
 

@@ -50,7 +50,7 @@ def decode(source: Any, name: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
 
 
 def from_pil(img: Image.Image, name: str) -> np.ndarray:
-    """Any PIL mode as (3, H, W) float32 in [0, 1], as padim.data.pil_to_tensor converts it."""
+    """Any PIL mode as (3, H, W) float32 in [0, 1], as padim.images.pil_to_tensor converts it."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         return _to_unit_rgb(np.asarray(img).astype(np.uint16), name)
     if img.mode in ("P", "PA"):

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from padim.data import Preprocess, array_to_tensor
-from padim.evaluation.datasets import mvtec_category, transform_masks
+from padim.data import Preprocess
+from padim.images import array_to_tensor
+from padim.evaluation.datasets import mvtec_category
+from padim.evaluation.transforms import transform_masks
 from padim.errors import PadimError
 from padim.evaluation.metrics import pixel_auroc
 from padim.scoring import gaussian_blur, upsample
@@ -67,7 +69,7 @@ def test_knn_images_equal_brute_force() -> None:
 
 def reference_predict(model: Spade, train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """SPADE in float64, written independently: full distance matrices, no chunking, no storage."""
-    pre, extractor = model.preprocess_, model.backbone_.extractor
+    pre, extractor = model.preprocessing, model.backbone_.extractor
 
     def features(images: np.ndarray) -> tuple[list[torch.Tensor], torch.Tensor]:
         x = torch.stack([pre(array_to_tensor(a, "ref")) for a in images])
@@ -143,7 +145,7 @@ def test_localises_defects_on_the_texture_set(texture_set) -> None:
     split = mvtec_category(texture_set.parent, texture_set.name)
     model = Spade(**TINY_SPADE).fit(split.train)
     pred = model.predict(split.test_images)
-    masks = transform_masks(split.test, model.preprocess_)
+    masks = transform_masks(split.test, model.preprocessing)
     # measured 0.96 (seeds 0-4: 0.958-0.967); random weights, so the global-feature score is weak
     assert pixel_auroc(masks, pred.maps) > 0.9
     peaks, defective = pred.maps.max(axis=(1, 2)), split.labels.astype(bool)
@@ -180,4 +182,4 @@ def test_bad_parameters_are_refused(arrays) -> None:
         Spade(**TINY_SPADE, k_images=0).fit(arrays[0])
     with pytest.raises(PadimError, match="k_patches"):
         Spade(**TINY_SPADE, k_patches=1.5).fit(arrays[0])
-    assert Spade(image_size=80, crop_size=64).preprocess_ == Preprocess((80, 80), (64, 64))
+    assert Spade(image_size=80, crop_size=64).preprocessing == Preprocess((80, 80), (64, 64))

@@ -15,11 +15,12 @@ from safetensors.torch import load_file
 
 import padim.baselines.vae
 from padim import paper
-from padim.data import list_images, read_image
+from padim.images import list_images, read_image
 from padim.errors import PadimError
 from padim.model import Prediction
 from padim.scoring import gaussian_blur
-from padim.baselines.vae import STRIDE, VAE, augmented_batch, build_network, rotate
+from padim.baselines.vae import VAE
+from padim.baselines.vae_network import STRIDE, augmented_batch, build_network, rotate
 
 # Tiny sizes: 37 -> random 35 -> center 32 (a 1x1 latent grid), random (explicitly requested) weights.
 SMALL = dict(latent_channels=16, n_train=16, epochs=1, batch_size=8, resize=37, random_crop=35, crop_size=32,
@@ -54,8 +55,8 @@ def test_paper_size_gives_8x8_latent_and_full_reconstruction() -> None:
     assert logvar.shape == mu.shape
     assert tuple(recon.shape) == (1, 3, paper.VAE_CROP, paper.VAE_CROP)
     assert source.kind == "random" and source.seed == 0
-    assert VAE().preprocess_.output_size == (paper.VAE_CROP, paper.VAE_CROP)
-    assert VAE().preprocess_.image_size == (paper.VAE_RESIZE, paper.VAE_RESIZE)
+    assert VAE().preprocessing.output_size == (paper.VAE_CROP, paper.VAE_CROP)
+    assert VAE().preprocessing.image_size == (paper.VAE_RESIZE, paper.VAE_RESIZE)
 
 
 def test_network_is_fully_convolutional_and_seeded() -> None:
@@ -201,7 +202,7 @@ def test_crash_while_saving_keeps_the_previous_checkpoint(
 def test_map_is_the_pixelwise_l2_reconstruction_error(fitted: VAE, texture_set: Path) -> None:
     paths = sorted((texture_set / "test").glob("[!g]*/*.png"))[:3]
     pred = fitted.predict(paths)
-    x = torch.stack([fitted.preprocess_(read_image(p)) for p in paths])
+    x = torch.stack([fitted.preprocessing(read_image(p)) for p in paths])
     net = fitted.net_.eval()
     with torch.no_grad():
         recon = net.decode(net.encode(x)[0])  # the latent mean

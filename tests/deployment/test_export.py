@@ -95,7 +95,7 @@ def test_onnxruntime_matches_pytorch_on_real_images_with_dynamic_batch(tiny, tin
     assert [(o.name, o.shape) for o in outs] == [("anomaly_map", ["batch", 64, 64]), ("score", ["batch"])]
     for chunk in (images[:1], images[1:6]):  # batch of 1, then of 5: one graph
         ref = tiny.predict(chunk)
-        batch = next(iter_batches(as_items(chunk), tiny.preprocess_, len(chunk), 1))
+        batch = next(iter_batches(as_items(chunk), tiny.preprocessing, len(chunk), workers=1))
         maps, scores = sess.run(None, {"image": batch.pixels.numpy()})
         assert maps.shape == (len(chunk), 64, 64) and maps.dtype == np.float32
         assert_close(maps, scores, ref.maps, ref.scores)
@@ -144,7 +144,7 @@ def test_metadata_in_model_and_sidecar(calibrated, calibrated_onnx):
     assert read_metadata(calibrated_onnx) == meta
     assert meta["backbone"]["name"] == "resnet18"
     assert meta["backbone"]["weights"]["sha256"] == calibrated.backbone_.source.sha256
-    assert meta["preprocessing"] == calibrated.preprocess_.to_dict()
+    assert meta["preprocessing"] == calibrated.preprocessing.to_dict()
     assert meta["preprocessing"]["mean"] == [0.485, 0.456, 0.406]
     assert meta["onnx"]["input"]["shape"] == ["batch", 3, 64, 64]
     cal = meta["calibration"]
@@ -283,7 +283,7 @@ def test_exported_graph_is_exact_at_every_batch_size_in_both_runtimes(texture_se
     model = PaDiM(n_features=64, batch_size=8).fit(train_images(texture_set)[:6])
     path = tmp_path / "lite0.onnx"
     export_onnx(model, path)
-    pixels = next(iter_batches(as_items(eval_images(texture_set)), model.preprocess_, 64, 0)).pixels
+    pixels = next(iter_batches(as_items(eval_images(texture_set)), model.preprocessing, 64, workers=0)).pixels
     rng = torch.Generator().manual_seed(0)
     pixels = torch.cat([pixels] * (64 // len(pixels) + 1))[:64] + 0.05 * torch.randn(64, 3, 224, 224, generator=rng)
     with torch.no_grad():

@@ -80,8 +80,8 @@ def test_preset_full_frame_inspects_whole_non_square_frames(tmp_path: Path, caps
     tiny = ["--backbone", "resnet18", "--weights", "random", "--n-features", "16", "--quiet"]
     assert main(["fit", str(good), "-o", str(model_path), "--preset", "full-frame", *tiny]) == 0
     model = PaDiM.load(model_path)
-    assert model.preprocess_.crop_size is None
-    h, w = model.preprocess_.image_size
+    assert model.preprocessing.crop_size is None
+    h, w = model.preprocessing.image_size
     assert (h, w) == full_frame_size(96, 160) and w > h
     capsys.readouterr()
     assert main(["info", str(model_path)]) == 0

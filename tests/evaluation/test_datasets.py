@@ -1,4 +1,4 @@
-"""Dataset loaders on miniature MVTec AD and STC trees built from real photos; masks; the non-aligned protocol."""
+"""Dataset loaders on miniature MVTec AD and STC trees built from real photos, and their masks."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from padim.data import Preprocess, read_image
+from conftest import error
+from padim.data import Preprocess
+from padim.images import image_shape, read_image
 from padim.evaluation.datasets import (
     MVTEC_CATEGORIES,
     MVTEC_OBJECTS,
@@ -18,15 +19,12 @@ from padim.evaluation.datasets import (
     MaskRef,
     Sample,
     Split,
-    folder_split,
-    image_shape,
     mvtec,
     mvtec_category,
-    nonaligned,
     stc,
-    transform_masks,
 )
-from padim.errors import PadimError
+from padim.evaluation.folders import folder_split
+from padim.evaluation.transforms import transform_masks
 from padim.evaluation.synthetic import DEFECT_KINDS, load_texture, make_inspection_set, paint_defect
 
 FRAME = (48, 80)  # STC frames: non-square on purpose
@@ -103,15 +101,6 @@ def stc_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 @pytest.fixture()
 def stc_copy(stc_data: tuple[Path, dict], tmp_path: Path) -> Path:
     return Path(shutil.copytree(stc_data[0], tmp_path / "stc"))
-
-
-def error(fn, *args, **kwargs) -> str:
-    """The message of the PadimError fn raises; also checks it is one line."""
-    with pytest.raises(PadimError) as info:
-        fn(*args, **kwargs)
-    message = str(info.value)
-    assert "\n" not in message
-    return message
 
 
 # ----------------------------------------------------------------------------------------------- MVTec AD
@@ -304,7 +293,7 @@ def test_stc_bad_mask_frame(stc_data: tuple[Path, dict]) -> None:
 def test_folder_split_grouped(mvtec_root: Path) -> None:
     carpet = mvtec_root / "carpet"
     reference = mvtec_category(mvtec_root, "carpet")
-    split = folder_split(carpet / "train" / "good", carpet / "test", carpet / "ground_truth", name="mine")
+    split = folder_split(carpet / "train" / "good", carpet / "test", mask_dir=carpet / "ground_truth", name="mine")
     assert split.name == "mine" and split.train == reference.train and split.test == reference.test
     unmasked = folder_split(carpet / "train" / "good", carpet / "test")
     assert unmasked.labels.tolist() == reference.labels.tolist() and not unmasked.has_masks
@@ -326,7 +315,7 @@ def test_folder_split_flat(mvtec_root: Path, tmp_path: Path) -> None:
         elif k == 1:  # an all-zero mask means good
             Image.fromarray(np.zeros((64, 64), np.uint8)).save(masks / name)
         expected[name] = s.label
-    split = folder_split(carpet / "train" / "good", flat, masks)
+    split = folder_split(carpet / "train" / "good", flat, mask_dir=masks)
     assert {s.image.name: s.label for s in split.test} == expected
     for s in split.test:
         assert (s.mask is not None) == bool(s.label) and s.defect == ("defect" if s.label else "good")
@@ -339,70 +328,10 @@ def test_folder_split_errors(mvtec_copy: Path, tmp_path: Path) -> None:
     carpet = mvtec_copy / "carpet"
     mask = next((carpet / "ground_truth" / "stain").glob("*_mask.png"))
     mask.unlink()
-    assert str(mask) in error(folder_split, carpet / "train" / "good", carpet / "test", carpet / "ground_truth")
+    assert str(mask) in error(folder_split, carpet / "train" / "good", carpet / "test", mask_dir=carpet / "ground_truth")
     shutil.copy(carpet / "train" / "good" / "000.png", carpet / "test" / "loose.png")
     assert str(carpet / "test") in error(folder_split, carpet / "train" / "good", carpet / "test")
     assert str(tmp_path / "none") in error(folder_split, carpet / "train" / "good", tmp_path / "none")
     assert str(tmp_path / "none") in error(folder_split, tmp_path / "none", carpet / "test")
     (tmp_path / "empty").mkdir()
     assert str(tmp_path / "empty") in error(folder_split, carpet / "train" / "good", tmp_path / "empty")
-
-
-# ----------------------------------------------------------------------------------------------- non-aligned
-
-
-def _square_scene(height: int = 256, width: int = 256) -> tuple[torch.Tensor, np.ndarray]:
-    """A dark image with a bright central square, and the square's mask."""
-    image = torch.full((3, height, width), 0.1)
-    mask = np.zeros((height, width), dtype=bool)
-    r0, r1, c0, c1 = height * 3 // 8, height * 5 // 8, width * 3 // 8, width * 5 // 8
-    image[:, r0:r1, c0:c1] = 0.9
-    mask[r0:r1, c0:c1] = True
-    return image, mask
-
-
-def test_nonaligned_is_seeded() -> None:
-    image, mask = _square_scene(200, 300)
-    a = nonaligned(image, mask, np.random.default_rng(7))
-    b = nonaligned(image, mask, np.random.default_rng(7))
-    c = nonaligned(image, mask, np.random.default_rng(8))
-    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1])
-    assert not torch.equal(a[0], c[0])
-    assert a[0].shape == (3, 224, 224) and a[0].dtype == torch.float32
-    assert a[1].shape == (224, 224) and a[1].dtype == bool
-    assert 0.0 <= float(a[0].min()) and float(a[0].max()) <= 1.0
-    image_only, none = nonaligned(image, None, np.random.default_rng(7))
-    assert none is None and torch.equal(image_only, a[0])
-
-
-@pytest.mark.parametrize("seed", range(6))
-def test_nonaligned_mask_follows_image(seed: int) -> None:
-    image, mask = _square_scene(256, 256) if seed % 2 else _square_scene(300, 240)
-    out, out_mask = nonaligned(image, mask, np.random.default_rng(seed))
-    bright = out.mean(0).numpy() > 0.5
-    iou = (bright & out_mask).sum() / (bright | out_mask).sum()
-    assert iou > 0.95
-    angle = np.random.default_rng(seed).uniform(-10, 10)  # the first draw is the angle
-    rows, cols = np.nonzero(out_mask)
-    fill = out_mask.sum() / ((np.ptp(rows) + 1) * (np.ptp(cols) + 1))
-    if abs(angle) > 3:
-        assert fill < 0.95  # rotated: the square no longer fills its bounding box
-
-
-def test_nonaligned_without_rotation_is_a_random_crop() -> None:
-    image, mask = torch.rand(3, 256, 256), np.random.default_rng(0).random((256, 256)) > 0.5
-    out, out_mask = nonaligned(image, mask, np.random.default_rng(3), max_degrees=0.0)
-    draws = np.random.default_rng(3)
-    draws.uniform(0, 0)
-    top, left = int(draws.integers(0, 33)), int(draws.integers(0, 33))
-    assert torch.allclose(out, image[:, top : top + 224, left : left + 224], atol=1e-5)
-    assert np.array_equal(out_mask, mask[top : top + 224, left : left + 224])
-
-
-def test_nonaligned_errors() -> None:
-    image, mask = _square_scene(64, 64)
-    rng = np.random.default_rng(0)
-    assert "(3, H, W)" in error(nonaligned, image[0], None, rng)
-    assert "mask" in error(nonaligned, image, mask[:10], rng)
-    assert "crop" in error(nonaligned, image, mask, rng, resize=100, crop=128)
-    assert "max_degrees" in error(nonaligned, image, mask, rng, max_degrees=-1)

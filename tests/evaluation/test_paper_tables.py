@@ -26,7 +26,7 @@ def mini_mvtec(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("mvtec")
     stage = tmp_path_factory.mktemp("stage")
     for texture, category in (("brick", "carpet"), ("gravel", "bottle")):
-        shutil.copytree(make_inspection_set(stage, texture, 6, 3, 4, size=64, seed=2), root / category)
+        shutil.copytree(make_inspection_set(stage, texture, n_train=6, n_test_good=3, n_test_defect=4, size=64, seed=2), root / category)
     return root
 
 

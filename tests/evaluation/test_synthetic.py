@@ -13,7 +13,7 @@ from padim.evaluation.synthetic import (
     TEXTURES,
     _crop_origin,
     _good_part,
-    _split_rows,
+    _test_band_start,
     load_split,
     load_texture,
     make_inspection_set,
@@ -89,7 +89,7 @@ def test_load_split_rejects_missing_mask(tmp_path: Path) -> None:
 
 def test_crop_origins_stay_in_their_band() -> None:
     rng = np.random.default_rng(0)
-    boundary = _split_rows(512)
+    boundary = _test_band_start(512)
     for _ in range(500):
         top, left = _crop_origin(512, 512, 192, "train", rng)
         assert 0 <= top and top + 192 <= boundary and 0 <= left <= 512 - 192
@@ -101,7 +101,7 @@ def test_test_crops_come_from_pixels_train_never_sees(default_set: Path) -> None
     from skimage.feature import match_template
 
     photo = load_texture("brick").astype(np.float32)
-    top, bottom = photo[: _split_rows(512)], photo[_split_rows(512) :]
+    top, bottom = photo[: _test_band_start(512)], photo[_test_band_start(512) :]
     train, test, masks = load_split(default_set)
     good_test = [path for path, mask in zip(test, masks) if mask is None]
     train_images = [read(p) for p in train]

@@ -17,7 +17,8 @@ from PIL import Image
 from padim import PaDiM, PadimError
 from padim.evaluation.paper_tables import evaluate
 from padim.cli import main
-from padim.evaluation.datasets import mvtec_category, transform_masks
+from padim.evaluation.datasets import mvtec_category
+from padim.evaluation.transforms import transform_masks
 from padim.evaluation.metrics import au_pro, image_auroc, pixel_auroc
 from padim.model import Prediction
 from padim.reporting.report import NOT_CALIBRATED, display_names, given_note, render_report, write_report
@@ -68,7 +69,7 @@ def inspected(texture_set: Path):
         model = PaDiM(**TINY, holdout=0.25).fit(texture_set / "train" / "good")
     split = mvtec_category(texture_set.parent, texture_set.name)
     pred = model.predict(split.test_images)
-    masks = transform_masks(split.test, model.preprocess_)
+    masks = transform_masks(split.test, model.preprocessing)
     images = [np.asarray(Image.open(p).convert("RGB").resize((64, 64), Image.Resampling.BICUBIC))
               for p in split.test_images]
     return model, split, pred, masks, images

@@ -12,10 +12,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from padim import PaDiM, PadimError
+from padim import InputError, PaDiM, PadimError
+from padim.baselines.spade import Spade
+from padim.baselines.vae import VAE
 from padim.calibration import Calibration
 from padim.errors import PadimWarning
-from padim.utils.constraints import PARAMETER_CONSTRAINTS, check_params
+from padim.utils.constraints import PADIM_CONSTRAINTS, check_params
 from padim.model import Prediction, add_verdicts
 from padim.modelfile import CHECKSUM_KEY, read_model, tensor_sha256
 from padim.evaluation.synthetic import load_split
@@ -72,13 +74,75 @@ def one_line_refusal(call, *needles: str) -> str:
 # ----------------------------------------------------------------------------- the table
 def test_the_table_covers_every_constructor_parameter() -> None:
     params = set(inspect.signature(PaDiM.__init__).parameters) - {"self"}
-    assert params == set(PARAMETER_CONSTRAINTS)
+    assert params == set(PADIM_CONSTRAINTS)
 
 
 def test_the_defaults_and_the_test_configuration_pass_the_table() -> None:
     defaults = {k: p.default for k, p in inspect.signature(PaDiM.__init__).parameters.items() if k != "self"}
-    check_params(defaults)
-    check_params({**defaults, **TINY})
+    check_params(defaults, PADIM_CONSTRAINTS)
+    check_params({**defaults, **TINY}, PADIM_CONSTRAINTS)
+
+
+ESTIMATORS = [PaDiM, Spade, VAE]
+
+
+@pytest.mark.parametrize("cls", ESTIMATORS, ids=lambda c: c.__name__)
+def test_every_estimator_table_covers_its_constructor_and_its_defaults_pass(cls) -> None:
+    signature = inspect.signature(cls.__init__).parameters
+    assert set(signature) - {"self"} == set(cls._parameter_constraints)
+    defaults = {k: p.default for k, p in signature.items() if k != "self"}
+    check_params(defaults, cls._parameter_constraints)
+
+
+@pytest.mark.parametrize("cls", ESTIMATORS, ids=lambda c: c.__name__)
+def test_parameters_after_the_first_are_keyword_only(cls) -> None:
+    params = [p for name, p in inspect.signature(cls.__init__).parameters.items() if name != "self"]
+    assert params[0].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params[1:])
+    with pytest.raises(TypeError):
+        cls(params[0].default, params[1].default)
+
+
+TABLE_ENTRIES = [(cls, name) for cls in ESTIMATORS for name in cls._parameter_constraints]
+
+
+@pytest.mark.parametrize("cls, name", TABLE_ENTRIES, ids=[f"{c.__name__}.{n}" for c, n in TABLE_ENTRIES])
+def test_each_constraint_refuses_a_bad_value_with_its_message(cls, name: str) -> None:
+    rules = cls._parameter_constraints[name]
+    expected = f"{name} must be {' or '.join(rule.text for rule in rules)}, got "
+    with pytest.raises(InputError) as err:
+        cls(**{name: object()})._check_params()  # PaDiM refuses it already when made
+    assert str(err.value).startswith(expected), err.value
+
+
+SPADE_AND_VAE_BAD = [
+    (Spade, "k_images", 0, "k_images must be a positive integer, got 0"),
+    (Spade, "k_patches", 1.5, "k_patches must be a positive integer, got 1.5"),
+    (Spade, "sigma", -1.0, "sigma must be >= 0, got -1.0"),
+    (Spade, "layers", ("layer1", "global_pool"), "layers must be 1 to 16 distinct, non-empty module names, not "
+                                                 "'global_pool' (it is added)"),
+    (VAE, "learning_rate", 0.0, "learning_rate must be positive, got 0.0"),
+    (VAE, "max_degrees", float("nan"), "max_degrees must be >= 0, got nan"),
+    (VAE, "crop_size", 48, "crop_size must be a multiple of 32 (the encoder's stride), got 48"),
+    (VAE, "epochs", 0, "epochs must be a positive integer, got 0"),
+]
+
+
+@pytest.mark.parametrize("cls, name, value, message", SPADE_AND_VAE_BAD,
+                         ids=[f"{c.__name__}.{n}={v!r}" for c, n, v, _ in SPADE_AND_VAE_BAD])
+def test_baseline_parameters_are_refused_with_their_message(cls, name: str, value, message: str) -> None:
+    with pytest.raises(InputError) as err:
+        cls(**{name: value})._check_params()
+    assert str(err.value).startswith(message), err.value
+
+
+def test_the_checks_of_several_parameters_run_after_the_table() -> None:
+    with pytest.raises(InputError, match=r"crop size \(80, 80\) is larger than image size \(64, 64\)"):
+        Spade(image_size=64, crop_size=80)._check_params()
+    with pytest.raises(InputError, match="crop_size <= random_crop <= resize, got 64, 32, 96"):
+        VAE(resize=96, random_crop=32, crop_size=64)._check_params()
+    with pytest.raises(InputError, match="engine 'openvino' runs on the CPU only"):
+        PaDiM(**TINY, engine="openvino", device="cuda")._check_params()
 
 
 BAD_PARAMETERS = [
