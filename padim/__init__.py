@@ -11,7 +11,8 @@ if "torch" not in _sys.modules:
 
 from padim.errors import (ImageTooLarge, InputError, ModelFileError, NotFittedError, PadimEnvironmentError, PadimError,
                           PadimWarning)
-from padim.model import PaDiM, Prediction
+from padim.model import PaDiM
+from padim.prediction import Prediction
 
 # The one source of the version: pyproject.toml reads it from here.
 __version__ = "0.1.0"

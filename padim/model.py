@@ -8,7 +8,6 @@ import os
 import sys
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,13 +23,14 @@ from padim.data import (DEFAULT_MAX_PIXELS, Batch, Preprocess, as_items, as_size
                         iter_batches, n_batches)
 from padim.embedding import positions_to_maps, random_channels, split_by_tap
 from padim.utils.constraints import (FILE_CONSTRAINTS, PARAMETER_CONSTRAINTS, check_memory, check_params, check_threshold,
-                               check_value)
+                                     check_value)
 from padim.engine import AUTO, Engine, TapEmbedding, build_engine, check_device, resolve
-from padim.errors import PadimError
-from padim.frame import FrameModel, FrameStats, frame_contrast, frame_reasons
+from padim.errors import NotFittedError, PadimError
+from padim.frame import FrameModel, FrameStats, frame_contrast
 from padim.gaussian import BatchBuffer, GaussianStats, precision_factor
 from padim.modelfile import read_model, write_model
 from padim.plan import Plan, make_plan
+from padim.prediction import Prediction, Scored, add_verdicts, collect
 from padim.scoring import image_scores, mahalanobis, patch_distances, smooth_maps, smoothing_matrices, split_mean
 
 
@@ -104,64 +104,6 @@ class PadimNet(nn.Module):
     def patch_distances(self, embedding: torch.Tensor) -> torch.Tensor:
         """Mahalanobis distance (B, h, w) of every patch of (B, d, h, w) embeddings to its position's Gaussian."""
         return mahalanobis(embedding, self.mean, staircase.to_upper(self.factor).transpose(1, 2))
-
-
-@dataclass
-class Prediction:
-    """Image scores and anomaly maps, in input order; with a calibration, also verdicts and defect masks.
-
-    The frame check (padim.frame) adds frame scores, contrasts and blank flags; a frame that fails it
-    is defective whatever its anomaly score, and `reasons` says why each image was called defective.
-    """
-
-    names: list[str]
-    scores: np.ndarray  # (N,) float32, raw (higher is more anomalous)
-    maps: Any  # (N, H, W) float32 array, or a list of per-image arrays at original sizes
-    normalized_scores: np.ndarray | None = None  # (N,) in [0, 1], threshold at 0.5
-    decisions: np.ndarray | None = None  # (N,) bool: True = defective (score > image threshold)
-    masks: Any = None  # like maps, bool: pixel score > pixel threshold
-    image_threshold: float | None = None
-    pixel_threshold: float | None = None
-    frame_scores: np.ndarray | None = None  # (N,) float64: Mahalanobis distance of the frame's pooled features
-    contrast: np.ndarray | None = None  # (N,) float64: the frame's pixel standard deviation (padim.frame)
-    blank: np.ndarray | None = None  # (N,) bool: contrast far below every training frame's
-    frame_threshold: float | None = None
-    reasons: list[str] | None = None  # (N,) why each image is defective ('' for a pass), see padim.frame
-
-
-def add_verdicts(pred: Prediction, calibrated: Any, image_threshold: float | None,
-                 pixel_threshold: float | None) -> Prediction:
-    """Fill in normalised scores, decisions, reasons and masks from given thresholds or a calibration.
-
-    `calibrated` offers image_threshold, pixel_threshold and normalize_scores(scores, threshold)
-    (a Calibration, or an exported model's predictor), optionally frame_threshold, or is None.
-    A blank frame, or one whose frame score exceeds the frame threshold, is defective whatever its
-    anomaly score; without an image threshold decisions stay None, but reasons still name blank frames.
-    """
-    image_threshold = check_threshold("image threshold", image_threshold)
-    pixel_threshold = check_threshold("pixel threshold", pixel_threshold)
-    if calibrated is not None:
-        image_threshold = calibrated.image_threshold if image_threshold is None else image_threshold
-        pixel_threshold = calibrated.pixel_threshold if pixel_threshold is None else pixel_threshold
-        pred.normalized_scores = calibrated.normalize_scores(pred.scores, image_threshold)
-        pred.frame_threshold = getattr(calibrated, "frame_threshold", None)
-    n = len(pred.scores)
-    blank = np.zeros(n, bool) if pred.blank is None else np.asarray(pred.blank, bool)
-    unlike = np.zeros(n, bool)
-    if pred.frame_threshold is not None and pred.frame_scores is not None:
-        unlike = pred.frame_scores > pred.frame_threshold
-    above = np.zeros(n, bool)
-    if image_threshold is not None:
-        above = pred.scores > image_threshold
-        pred.decisions = above | blank | unlike
-        pred.image_threshold = float(image_threshold)
-    if pred.blank is not None or pred.frame_scores is not None or image_threshold is not None:
-        pred.reasons = frame_reasons(blank.tolist(), unlike.tolist(), above.tolist())
-    if pixel_threshold is not None:
-        maps = pred.maps
-        pred.masks = [m > pixel_threshold for m in maps] if isinstance(maps, list) else maps > pixel_threshold
-        pred.pixel_threshold = float(pixel_threshold)
-    return pred
 
 
 def _check_file_values(meta: dict) -> None:
@@ -287,7 +229,7 @@ class PaDiM:
 
     def _require_fitted(self) -> None:
         if not self._is_fitted():
-            raise PadimError("this PaDiM model is not fitted yet: call fit() first")
+            raise NotFittedError("this PaDiM model is not fitted yet: call fit() first")
 
     # ----------------------------------------------------------------------------- fitting
     def fit(self, images: Any) -> "PaDiM":
@@ -516,7 +458,7 @@ class PaDiM:
         for batch, maps, scores, _ in self.scored_batches(images):
             yield batch, maps, scores
 
-    def scored_batches(self, images: Any) -> Iterator[tuple[Batch, torch.Tensor, torch.Tensor, dict]]:
+    def scored_batches(self, images: Any) -> Iterator[Scored]:
         """Like predict_batches, with the frame check's numbers (frame_scores, contrast, blank: numpy or None)."""
         self._require_fitted()
         items = as_items(images)
@@ -539,25 +481,8 @@ class PaDiM:
         """Scores and anomaly maps (preprocessed grid or original sizes); verdicts when calibrated or given thresholds."""
         check_threshold("image_threshold", image_threshold)  # before any image is scored
         check_threshold("pixel_threshold", pixel_threshold)
-        pred = self._raw_predict(images, original_size)
+        pred = collect(self.scored_batches(images), self.preprocess_ if original_size else None)
         return add_verdicts(pred, getattr(self, "calibration_", None), image_threshold, pixel_threshold)
-
-    def _raw_predict(self, images: Any, original_size: bool) -> Prediction:
-        """Scores and maps only."""
-        names, scores, maps = [], [], []
-        checks: dict[str, list] = {"contrast": [], "frame_scores": [], "blank": []}
-        for batch, batch_maps, batch_scores, batch_checks in self.scored_batches(images):
-            names += batch.names
-            scores.append(batch_scores.cpu().numpy())
-            for key, value in batch_checks.items():
-                checks[key].append(value)
-            if original_size:
-                maps += [self.preprocess_.to_original(m[None].cpu(), s)[0].numpy()
-                         for m, s in zip(batch_maps, batch.original_sizes)]
-            else:
-                maps.append(batch_maps.cpu().numpy())
-        frame = {k: None if any(v is None for v in vals) else np.concatenate(vals) for k, vals in checks.items()}
-        return Prediction(names, np.concatenate(scores), maps if original_size else np.concatenate(maps), **frame)
 
     def score_samples(self, images: Any) -> np.ndarray:
         """Image anomaly scores only (higher is more anomalous)."""

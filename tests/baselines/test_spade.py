@@ -8,7 +8,7 @@ import torch
 
 from padim.data import Preprocess, array_to_tensor
 from padim.evaluation.datasets import mvtec_category, transform_masks
-from padim.errors import PadimError
+from padim.errors import NotFittedError, PadimError
 from padim.evaluation.metrics import pixel_auroc
 from padim.scoring import gaussian_blur, upsample
 from padim.baselines.spade import Spade, knn_images, nearest_distances
@@ -151,7 +151,7 @@ def test_localises_defects_on_the_texture_set(texture_set) -> None:
 
 
 def test_predict_before_fit_raises(arrays) -> None:
-    with pytest.raises(PadimError, match="not fitted"):
+    with pytest.raises(NotFittedError, match="not fitted"):
         Spade(**TINY_SPADE).predict(arrays[1])
 
 
