@@ -18,7 +18,8 @@ def test_tensors_and_arrays_give_the_same_prediction_in_input_order() -> None:
     scores = torch.tensor([3.0, 1.0, 2.0])
     first, second = batch(["a", "b"], [(8, 8)] * 2), batch(["c"], [(8, 8)])
     from_tensors = collect([(first, maps[:2], scores[:2], {}), (second, maps[2:], scores[2:], {})])
-    from_arrays = collect([(first, maps[:2].numpy(), scores[:2].numpy(), {}), (second, maps[2:].numpy(), scores[2:].numpy(), {})])
+    from_arrays = collect([(first, maps[:2].numpy(), scores[:2].numpy(), {}),
+                           (second, maps[2:].numpy(), scores[2:].numpy(), {})])
     for pred in (from_tensors, from_arrays):
         assert pred.names == ["a", "b", "c"]
         assert np.array_equal(pred.scores, scores.numpy()) and np.array_equal(pred.maps, maps.numpy())
