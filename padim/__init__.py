@@ -12,7 +12,8 @@ if "torch" not in _sys.modules:
 from padim._version import __version__
 from padim.errors import (ImageTooLarge, InputError, ModelFileError, NotFittedError, PadimEnvironmentError, PadimError,
                           PadimWarning)
-from padim.model import PaDiM, Prediction
+from padim.model import PaDiM
+from padim.prediction import Prediction
 
 __all__ = ["ImageTooLarge", "InputError", "ModelFileError", "NotFittedError", "PaDiM", "PadimEnvironmentError",
            "PadimError", "PadimWarning", "Prediction", "__version__"]

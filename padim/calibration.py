@@ -42,6 +42,27 @@ def _spread(sorted_scores: np.ndarray, threshold: float) -> float:
     return spread if spread > 0 else max(abs(threshold) * 0.1, 1e-6)
 
 
+def normalize(scores: np.ndarray, threshold: float, good_scores: np.ndarray) -> np.ndarray:
+    """Scores in [0, 1], monotone, `threshold` at 0.5, scaled by the spread of good images' sorted scores.
+
+    The one normalisation of scores: Calibration and exported models (padim.deployment) both use it.
+    """
+    return _logistic(scores, threshold, _spread(good_scores, threshold))
+
+
+def holdout_split(items: list, fraction: float, seed: int) -> tuple[list, list]:
+    """(images to fit, good images held out for calibration): a seeded split keeping input order."""
+    if not fraction:
+        return items, []
+    if not 0 < fraction < 1:
+        raise PadimError(f"holdout must be a fraction in (0, 1), got {fraction}")
+    n_held = max(1, round(fraction * len(items)))
+    if n_held >= len(items):
+        raise PadimError(f"holdout {fraction} of {len(items)} images leaves none to fit on")
+    order = np.random.default_rng(seed).permutation(len(items))
+    return [items[i] for i in sorted(order[n_held:])], [items[i] for i in sorted(order[:n_held])]
+
+
 @dataclass
 class Calibration:
     """Score distribution of good calibration images and the thresholds it gives.
@@ -124,12 +145,12 @@ class Calibration:
     def normalize_scores(self, scores: np.ndarray, threshold: float | None = None) -> np.ndarray:
         """Image scores in [0, 1] with the (given or calibrated) threshold at 0.5."""
         t = self.image_threshold if threshold is None else threshold
-        return _logistic(scores, t, _spread(self.image_scores, t))
+        return normalize(scores, t, self.image_scores)
 
     def normalize_maps(self, maps: np.ndarray, threshold: float | None = None) -> np.ndarray:
         """Pixel scores in [0, 1] with the (given or calibrated) pixel threshold at 0.5."""
         t = self.pixel_threshold if threshold is None else threshold
-        return _logistic(maps, t, _spread(self.pixel_sample, t))
+        return normalize(maps, t, self.pixel_sample)
 
     def describe(self) -> str:
         """How the thresholds were chosen, in one sentence."""

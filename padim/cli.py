@@ -113,7 +113,7 @@ PRESETS = ("paper", "full-frame")
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every sub-command."""
-    from padim import __version__
+    from padim._version import __version__
     from padim.backbone import BACKBONES, DEFAULT_BACKBONE
     from padim.engine import AUTO, ENGINES
 

@@ -2,22 +2,48 @@
 
 Every rank reads its shard of the images (every world-th one) and accumulates its own statistics;
 rank 0 receives them one rank at a time and merges them with the same exact pairwise update as
-`PaDiM.merge`, so the result equals a single-process fit (up to float64 rounding).
+`PaDiM.merge`, so the result equals a single-process fit (up to float64 rounding). PaDiM.fit runs
+the fit itself, here as in one process; `ProcessGroup` is the padim.fitting.Shards that shares it.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 
-from padim.data import as_items
 from padim.errors import PadimError
 from padim.frame import FrameStats
 from padim.gaussian import GaussianStats
-from padim.model import PaDiM
+
+if TYPE_CHECKING:
+    from padim.model import PaDiM
+
+
+class ProcessGroup:
+    """The Shards (padim.fitting) of the process group: rank r fits every world-th image from r; rank 0 leads."""
+
+    def __init__(self) -> None:
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+
+    def mine(self, items: list) -> list:
+        """This rank's shard."""
+        return items[self.rank :: self.world]
+
+    def merge(self, stats: GaussianStats) -> GaussianStats | None:
+        """Every rank's statistics merged on rank 0 (merge_to_rank0); None elsewhere."""
+        return merge_to_rank0(stats)
+
+    def merge_frames(self, frames: FrameStats) -> FrameStats | None:
+        """Every rank's frame statistics merged on rank 0 (merge_frames_to_rank0); None elsewhere."""
+        return merge_frames_to_rank0(frames)
+
+    def share(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Rank 0's tensor, broadcast into this rank's."""
+        dist.broadcast(tensor, src=0)
+        return tensor
 
 
 def init_from_env(device: str = "cpu") -> tuple[int, int]:
@@ -61,31 +87,7 @@ def merge_frames_to_rank0(frame: FrameStats) -> FrameStats | None:
 
 def fit_distributed(model: PaDiM, images: Any) -> PaDiM:
     """Fit `model` on this rank's shard of `images`; rank 0 ends with the merged, finished model."""
-    rank, world = dist.get_rank(), dist.get_world_size()
-    model._init_network()
-    model.calibration_ = None
-    fit_items, held = model.split_holdout(as_items(images))
-    shard = fit_items[rank::world]
-    if model.reduction == "pca":
-        pooled = merge_to_rank0(model.pooled_stats(shard))
-        components = torch.empty(int(model.channel_indices_.numel()), model.n_components_, device=model.device)
-        if rank == 0:
-            model.set_components(pooled)
-            components.copy_(model.components_)
-        dist.broadcast(components, src=0)
-        model.components_ = components
-        model.net_.projection = components
-    stats = model.empty_stats()
-    frame = FrameStats.empty(stats.dim, model.device)
-    merged = merge_to_rank0(model.accumulate(shard, stats, frame))
-    frame_merged = merge_frames_to_rank0(frame)
-    if rank == 0:
-        if merged.n == 0:
-            raise PadimError("no training images: the Gaussians are undefined")
-        model.stats_ = merged
-        model.frame_stats_ = frame_merged
-        model._finish_fit()
-        model._calibrate_holdout(held)
+    model.fit(images, shards=ProcessGroup())
     dist.barrier()
     return model
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from padim import PaDiM, PadimError
-from padim.calibration import Calibration, threshold_at_fpr
+from padim.calibration import Calibration, holdout_split, normalize, threshold_at_fpr
 from padim.errors import PadimWarning
 from padim.evaluation.synthetic import load_split
 
@@ -32,6 +32,24 @@ def test_normalised_scores_put_the_threshold_at_one_half() -> None:
     norm = cal.normalize_scores(np.array([0.0, t, t + 1, 1e9]))
     assert norm[1] == pytest.approx(0.5) and np.all(np.diff(norm) > 0) and 0 <= norm.min() and norm.max() <= 1
     assert cal.normalize_scores(np.array([5.0]), threshold=5.0)[0] == pytest.approx(0.5)
+
+
+def test_one_normalisation_of_scores_and_maps() -> None:
+    cal = Calibration(np.linspace(1, 2, 200), np.linspace(0, 1, 1000), 0.01, "test")
+    values = np.array([0.0, 0.7, 1.5, 3.0])
+    assert np.array_equal(cal.normalize_scores(values), normalize(values, cal.image_threshold, cal.image_scores))
+    assert np.array_equal(cal.normalize_maps(values), normalize(values, cal.pixel_threshold, cal.pixel_sample))
+    assert normalize(values, 0.7, np.ones(5))[1] == pytest.approx(0.5)  # degenerate spread: still centred
+
+
+def test_holdout_split_is_seeded_and_keeps_input_order() -> None:
+    items = list("abcdefghij")
+    fit, held = holdout_split(items, 0.3, seed=0)
+    assert len(held) == 3 and sorted(fit + held) == items
+    assert fit == sorted(fit) and held == sorted(held)
+    assert holdout_split(items, 0.3, seed=0) == (fit, held) and holdout_split(items, 0.0, seed=0) == (items, [])
+    with pytest.raises(PadimError, match="leaves none"):
+        holdout_split(items[:1], 0.5, seed=0)
 
 
 def test_bad_fpr_and_empty_calibration_are_refused() -> None:

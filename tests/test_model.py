@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from padim import PaDiM, PadimError
+from padim import NotFittedError, PaDiM, PadimError
 from padim.evaluation.synthetic import load_split
 
 from conftest import TINY
@@ -30,6 +30,38 @@ def assert_same_statistics(a: PaDiM, b: PaDiM) -> None:
     assert torch.allclose(a.mean_, b.mean_, rtol=0, atol=1e-9)
     assert torch.allclose(a.stats_.scatter, b.stats_.scatter, rtol=1e-9, atol=1e-9)
     assert torch.allclose(a.covariance_, b.covariance_, rtol=1e-9, atol=1e-9)
+
+
+def assert_state_is_the_networks(model: PaDiM) -> None:
+    """The estimator holds no tensor of its own: its fitted attributes are the network's buffers."""
+    assert [name for name, value in vars(model).items() if isinstance(value, torch.Tensor)] == []
+    net = model.net_
+    assert model.mean_ is net.mean and model.channel_indices_ is net.channel_indices
+    assert model.components_ is (net.projection if net.projection.numel() else None)
+    assert model.feature_shape_ == net.grid
+    if model.stats_ is not None:  # the running sum has its own mean: the next partial_fit leaves the buffer alone
+        assert model.stats_.mean.data_ptr() != net.mean.data_ptr()
+
+
+def test_the_network_is_the_only_copy_of_the_fitted_state(split, fitted, tmp_path) -> None:
+    train = split[0]
+    assert_state_is_the_networks(fitted)
+    a, b = PaDiM(**TINY).fit(train[:7]), PaDiM(**TINY).fit(train[7:])
+    assert_state_is_the_networks(a.partial_fit(train[7:9]))
+    assert_state_is_the_networks(b.merge(PaDiM(**TINY).fit(train[:3])))
+    pca = PaDiM(**{**TINY, "reduction": "pca", "n_features": 8}).fit(train[:4])
+    assert_state_is_the_networks(pca)
+    for model, statistics in ((fitted, False), (pca, True)):
+        model.save(tmp_path / "m.safetensors", statistics=statistics)
+        assert_state_is_the_networks(PaDiM.load(tmp_path / "m.safetensors"))
+
+
+def test_unfitted_state_is_a_not_fitted_error() -> None:
+    model = PaDiM(**TINY)
+    for name in ("mean_", "precision_cholesky_", "embedding_dim_"):
+        assert not hasattr(model, name)  # NotFittedError is an AttributeError, as scikit-learn's is
+        with pytest.raises(NotFittedError, match="not fitted"):
+            getattr(model, name)
 
 
 def test_partial_fit_equals_fit_on_everything(split, fitted) -> None:
@@ -108,6 +140,8 @@ def test_zero_images_and_unfitted_use_are_clear_errors(split) -> None:
         PaDiM(**TINY).fit([])
     with pytest.raises(PadimError, match="not fitted"):
         PaDiM(**TINY).predict(split[1][:1])
+    with pytest.raises(NotFittedError):
+        PaDiM(**TINY).save("unused.safetensors")
 
 
 def test_nan_features_are_refused(split, monkeypatch) -> None:

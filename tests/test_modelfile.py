@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import padim
-from padim import PaDiM, PadimError
+from padim import ModelFileError, PaDiM, PadimError
 from padim.backbone import build_backbone
 from padim.embedding import embed, random_channels, split_by_tap
 from padim.gaussian import pack_lower, symmetric_from_lower, unpack_lower
@@ -299,6 +299,7 @@ def test_loading_refuses_bad_files(saved, tmp_path: Path, case: str) -> None:
     assert str(path) in msg
     assert expected in msg
     assert "\n" not in msg
+    assert isinstance(err.value, ModelFileError)
 
 
 def test_metadata_that_is_not_a_json_object_is_refused(tmp_path: Path) -> None:
@@ -369,6 +370,7 @@ def test_weights_that_differ_from_the_recorded_sha256_are_refused(saved, tmp_pat
     msg = str(err.value)
     assert str(path) in msg
     assert "original weights" in msg and "weights=PATH" in msg
+    assert isinstance(err.value, ModelFileError)
 
 
 def test_file_weights_are_checked_on_load(train, test_images, tmp_path: Path) -> None:

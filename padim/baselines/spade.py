@@ -6,14 +6,13 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import torch
 
 from padim import paper
 from padim.backbone import build_backbone
 from padim.data import Batch, Preprocess, as_items, check_finite, iter_batches
-from padim.errors import PadimError
-from padim.model import Prediction
+from padim.errors import NotFittedError, PadimError
+from padim.prediction import Prediction, Scored, collect
 from padim.scoring import gaussian_blur, upsample
 from padim.utils.constraints import (BOOL, COMMON_CONSTRAINTS, LAYERS, NON_NEGATIVE, POSITIVE_INT, Check,
                                     CheckedParameters, Rule)
@@ -185,7 +184,7 @@ class Spade(CheckedParameters):
     def _require_fitted(self) -> None:
         """Raise unless fit() has run."""
         if not hasattr(self, "global_features_"):
-            raise PadimError("this Spade model is not fitted yet: call fit() first")
+            raise NotFittedError("this Spade model is not fitted yet: call fit() first")
 
     # ----------------------------------------------------------------------------- features
     def _features(self, items: list, what: str) -> Iterator[tuple[Batch, list[torch.Tensor], torch.Tensor]]:
@@ -231,14 +230,14 @@ class Spade(CheckedParameters):
     def predict(self, images: Any) -> Prediction:
         """Image scores (N,) and anomaly maps (N, H, W) on the preprocessed grid, float32."""
         self._require_fitted()
-        names, scores, maps = [], [], []
-        for batch, batch_maps, glob in self._features(as_items(images), "predict"):
+        return collect(self._scored(as_items(images)))
+
+    def _scored(self, items: list) -> Iterator[Scored]:
+        """(batch, maps, scores, no extras) of every batch."""
+        for batch, batch_maps, glob in self._features(items, "predict"):
             self._check_grid(batch, batch_maps)
             distances, neighbours = knn_images(glob, self.global_features_, self.k_images)
-            names += batch.names
-            scores.append(distances.mean(dim=1).float().cpu().numpy())
-            maps.append(self.anomaly_maps(batch_maps, neighbours).cpu().numpy())
-        return Prediction(names, np.concatenate(scores), np.concatenate(maps))
+            yield batch, self.anomaly_maps(batch_maps, neighbours), distances.mean(dim=1).float(), {}
 
     def _check_grid(self, batch: Batch, maps: list[torch.Tensor]) -> None:
         """Refuse feature grids that differ from the training ones."""

@@ -7,10 +7,10 @@ are padim.baselines.vae_network.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from padim import paper
@@ -18,9 +18,9 @@ from padim.backbone import state_sha256
 from padim.baselines.vae_network import (STRIDE, PaperVAE, augmented_batch, build_network, reconstruction_error,
                                          vae_loss)
 from padim.data import Item, Preprocess, as_items, check_finite, iter_batches, n_batches
-from padim.errors import InputError, PadimError
+from padim.errors import InputError, ModelFileError, NotFittedError, PadimError
 from padim.modelfile import FileKind, read_model, write_model
-from padim.model import Prediction
+from padim.prediction import Prediction, Scored, collect
 from padim.scoring import gaussian_blur, image_scores
 from padim.utils.constraints import (COMMON_CONSTRAINTS, NON_NEGATIVE, NONE, PATH, POSITIVE, POSITIVE_INT, SIDE, Check,
                                     CheckedParameters, multiple_of)
@@ -186,7 +186,7 @@ class VAE(CheckedParameters):
 
     def _require_fitted(self) -> None:
         if not self._is_fitted():
-            raise PadimError("this VAE is not fitted yet: call fit() first")
+            raise NotFittedError("this VAE is not fitted yet: call fit() first")
 
     # ----------------------------------------------------------------------------- training
     def _training_images(self, items: list[Item]) -> torch.Tensor:
@@ -275,7 +275,7 @@ class VAE(CheckedParameters):
     def _save_checkpoint(self, optimizer: torch.optim.Optimizer, generator: torch.Generator,
                          params: dict[str, Any]) -> None:
         """Model, optimizer and RNG state after the last finished epoch, written atomically."""
-        from padim import __version__
+        from padim._version import __version__
 
         tensors = {f"model.{k}": v for k, v in self.net_.state_dict().items()}
         tensors.update(optimizer_tensors(optimizer))
@@ -298,10 +298,10 @@ class VAE(CheckedParameters):
             saved, done, losses = meta["hyper_parameters"], int(meta["epochs_done"]), list(meta["losses"])
             for key, value in params.items():
                 if saved.get(key) != value:
-                    raise PadimError(f"{path}: checkpoint has {key}={saved.get(key)!r}, this run has {key}={value!r} "
-                                     f"(use the same settings, or another checkpoint file)")
+                    raise ModelFileError(f"{path}: checkpoint has {key}={saved.get(key)!r}, this run has "
+                                         f"{key}={value!r} (use the same settings, or another checkpoint file)")
             if done > self.epochs:
-                raise PadimError(f"{path}: checkpoint has {done} epochs done, more than epochs={self.epochs}")
+                raise ModelFileError(f"{path}: checkpoint has {done} epochs done, more than epochs={self.epochs}")
             net.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
             load_optimizer_tensors(optimizer, {k: v for k, v in tensors.items() if k.startswith("optimizer.")})
             generator.set_state(torch.tensor(meta["rng_state"], dtype=torch.uint8))
@@ -309,18 +309,20 @@ class VAE(CheckedParameters):
             raise
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             msg = str(exc).splitlines()[0] if str(exc) else ""
-            raise PadimError(f"{path}: checkpoint incomplete or malformed ({type(exc).__name__}: {msg})") from None
+            raise ModelFileError(f"{path}: checkpoint incomplete or malformed ({type(exc).__name__}: {msg})") from None
         return done, losses
 
     # ----------------------------------------------------------------------------- prediction
     def predict(self, images: Any) -> Prediction:
         """Image scores (max of the map) and pixel-wise L2 reconstruction-error maps on the crop grid."""
+        self._require_fitted()
+        self.net_.eval()
+        return collect(self._scored(as_items(images)))
+
+    def _scored(self, items: list[Item]) -> Iterator[Scored]:
+        """(batch, maps, scores, no extras) of every batch, with a progress bar when verbose."""
         from tqdm.auto import tqdm
 
-        self._require_fitted()
-        items = as_items(images)
-        names, scores, maps = [], [], []
-        self.net_.eval()
         batches = iter_batches(items, self.preprocessing, self.batch_size, workers=self.workers)
         bar = tqdm(batches, total=n_batches(len(items), self.batch_size), desc="predict", unit="batch",
                    disable=not self.verbose, leave=False)
@@ -329,10 +331,7 @@ class VAE(CheckedParameters):
                 x = batch.pixels.to(self.device)
                 batch_maps = gaussian_blur(reconstruction_error(x, self.net_(x)[0]), self.sigma)
                 check_finite(batch_maps, batch, "VAE reconstruction is NaN/inf (diverged training?)")
-                names += batch.names
-                scores.append(image_scores(batch_maps).float().cpu().numpy())
-                maps.append(batch_maps.float().cpu().numpy())
-        return Prediction(names, np.concatenate(scores), np.concatenate(maps))
+                yield batch, batch_maps.float(), image_scores(batch_maps).float(), {}
 
     def __repr__(self) -> str:
         fitted = f", {self.epochs_done_} epochs done" if self._is_fitted() else ""

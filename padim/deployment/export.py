@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -26,13 +27,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from padim.utils.atomic import atomic_write
-from padim.calibration import _logistic, _spread
-from padim.utils.constraints import THRESHOLD, check_value
+from padim.calibration import normalize
 from padim.data import Preprocess, as_items, iter_batches
-from padim.errors import PadimError
+from padim.errors import ModelFileError, PadimEnvironmentError, PadimError
 from padim.frame import BLANK_CONTRAST_FRACTION, frame_contrast
-from padim.model import PaDiM, Prediction, add_verdicts
+from padim.model import PaDiM
+from padim.prediction import Prediction, Scored, add_verdicts, collect
+from padim.utils.atomic import atomic_write
+from padim.utils.constraints import THRESHOLD, check_value
 
 EXPORT_HINT = "onnx export needs: pip install 'torch-padim[export]'"
 METADATA_KEY = "padim"
@@ -50,7 +52,7 @@ def _optional(name: str) -> ModuleType:
     try:
         return importlib.import_module(name)
     except ImportError:
-        raise PadimError(EXPORT_HINT) from None
+        raise PadimEnvironmentError(EXPORT_HINT) from None
 
 
 def _max_opset() -> int:
@@ -131,7 +133,7 @@ def _finish(proto: Any, meta: dict[str, Any], size: tuple[int, int]) -> None:
     """Declare the interface's shapes, name the producer and attach the metadata."""
     from onnx import TensorProto, helper
 
-    from padim import __version__
+    from padim._version import __version__
 
     h, w = size
     del proto.graph.output[:]
@@ -214,11 +216,11 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     onnx = _optional("onnx")
     path = Path(path)
     if not path.is_file():
-        raise PadimError(f"{path}: no such ONNX file")
+        raise ModelFileError(f"{path}: no such ONNX file")
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - a protobuf decode error, whatever its type
-        raise PadimError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
+        raise ModelFileError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
     props = {p.key: p.value for p in proto.metadata_props}
     return _parse_metadata(path, props.get(METADATA_KEY))
 
@@ -228,22 +230,25 @@ def _parse_metadata(path: Path, text: str | None) -> dict[str, Any]:
     if text is None:
         side = sidecar_path(path)
         if not side.is_file():
-            raise PadimError(f"{path}: no '{METADATA_KEY}' metadata and no {side.name} beside it: "
-                             "not a torch-padim export")
+            raise ModelFileError(f"{path}: no '{METADATA_KEY}' metadata and no {side.name} beside it: "
+                                 "not a torch-padim export")
         text = side.read_text()
     try:
         meta = json.loads(text)
         Preprocess.from_dict(meta["preprocessing"])
         cal = meta.get("calibration")
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise PadimError(f"{path}: '{METADATA_KEY}' metadata malformed ({type(exc).__name__}: {exc})") from None
+        raise ModelFileError(f"{path}: '{METADATA_KEY}' metadata malformed ({type(exc).__name__}: {exc})") from None
     if cal is not None:  # a NaN threshold would pass every part
         if not isinstance(cal, dict):
-            raise PadimError(f"{path}: '{METADATA_KEY}' calibration must be an object, got {cal!r}")
+            raise ModelFileError(f"{path}: '{METADATA_KEY}' calibration must be an object, got {cal!r}")
         for key in ("image_threshold", "pixel_threshold"):
-            check_value(key, cal.get(key), [THRESHOLD], str(path))
+            try:
+                check_value(key, cal.get(key), [THRESHOLD], str(path))
+            except PadimError as exc:
+                raise ModelFileError(str(exc)) from None
         if not all(isinstance(s, (int, float)) and math.isfinite(s) for s in cal.get("image_scores") or []):
-            raise PadimError(f"{path}: calibration image scores contain NaN or inf")
+            raise ModelFileError(f"{path}: calibration image scores contain NaN or inf")
     return meta
 
 
@@ -276,7 +281,7 @@ class OnnxPredictor:
         ort = _optional("onnxruntime")
         self.path = Path(path)
         if not self.path.is_file():
-            raise PadimError(f"{self.path}: no such ONNX file")
+            raise ModelFileError(f"{self.path}: no such ONNX file")
         if batch_size < 1:
             raise PadimError(f"batch size must be >= 1, got {batch_size}")
         options = ort.SessionOptions()
@@ -288,10 +293,10 @@ class OnnxPredictor:
                                                 providers=providers or ["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise PadimError(f"{self.path}: cannot load ONNX model ({type(exc).__name__}: {first[:200]})") from None
+            raise ModelFileError(f"{self.path}: cannot load ONNX model ({type(exc).__name__}: {first[:200]})") from None
         names = [i.name for i in self.session.get_inputs()], [o.name for o in self.session.get_outputs()]
         if names != ([INPUT_NAME], list(OUTPUT_NAMES)):
-            raise PadimError(f"{self.path}: graph has inputs {names[0]} and outputs {names[1]}, expected "
+            raise ModelFileError(f"{self.path}: graph has inputs {names[0]} and outputs {names[1]}, expected "
                              f"[{INPUT_NAME!r}] and {list(OUTPUT_NAMES)}: not a torch-padim export")
         props = self.session.get_modelmeta().custom_metadata_map
         self.metadata = _parse_metadata(self.path, props.get(METADATA_KEY))
@@ -326,34 +331,28 @@ class OnnxPredictor:
         if cal is None or not cal.get("image_scores"):
             return None
         t = float(cal["image_threshold"]) if threshold is None else float(threshold)
-        return _logistic(scores, t, _spread(np.sort(np.asarray(cal["image_scores"], dtype=np.float32)), t))
+        return normalize(scores, t, np.sort(np.asarray(cal["image_scores"], dtype=np.float32)))
 
     def predict(self, images: Any, image_threshold: float | None = None, pixel_threshold: float | None = None,
                 original_size: bool = False) -> Prediction:
         """Scores and maps like PaDiM.predict; verdicts and masks with stored or given thresholds."""
-        names: list[str] = []
-        scores, maps, contrast = [], [], []
-        for batch in iter_batches(as_items(images), self.preprocess, self.batch_size, workers=self.workers):
-            contrast.append(frame_contrast(batch.pixels, self.preprocess.std).numpy())
-            batch_maps, batch_scores = self.run(batch.pixels.numpy())
-            bad = ~np.isfinite(batch_scores)
-            if bad.any():
-                raise PadimError(f"{batch.names[int(np.argmax(bad))]}: the model produced NaN/inf scores")
-            names += batch.names
-            scores.append(batch_scores)
-            if original_size:
-                maps += [self.preprocess.to_original(torch.from_numpy(m[None]), s)[0].numpy()
-                         for m, s in zip(batch_maps, batch.original_sizes)]
-            else:
-                maps.append(batch_maps)
-        pred = Prediction(names, np.concatenate(scores), maps if original_size else np.concatenate(maps),
-                          contrast=np.concatenate(contrast))
+        pred = collect(self._scored(as_items(images)), self.preprocess if original_size else None)
         # The graph computes maps and scores only: of the frame check, the contrast floor travels (as
         # metadata) and applies here; the pooled-feature Gaussian is not exported.
         frame = self.metadata.get("frame")
         if isinstance(frame, dict) and isinstance(frame.get("contrast_min"), (int, float)):
             pred.blank = pred.contrast < BLANK_CONTRAST_FRACTION * float(frame["contrast_min"])
         return add_verdicts(pred, self if self.calibration is not None else None, image_threshold, pixel_threshold)
+
+    def _scored(self, items: list) -> Iterator[Scored]:
+        """(batch, maps, scores, frame contrasts) of every batch; NaN/inf scores are refused, naming the image."""
+        for batch in iter_batches(items, self.preprocess, self.batch_size, workers=self.workers):
+            contrast = frame_contrast(batch.pixels, self.preprocess.std).numpy()
+            batch_maps, batch_scores = self.run(batch.pixels.numpy())
+            bad = ~np.isfinite(batch_scores)
+            if bad.any():
+                raise PadimError(f"{batch.names[int(np.argmax(bad))]}: the model produced NaN/inf scores")
+            yield batch, batch_maps, batch_scores, {"contrast": contrast}
 
     def __repr__(self) -> str:
         h, w = self.preprocess.output_size

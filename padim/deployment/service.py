@@ -431,7 +431,7 @@ def create_app(
     api_docs: bool = False,
 ) -> FastAPI:
     """A FastAPI app that scores uploaded images with a fitted PaDiM `model` (see the module docstring)."""
-    from padim import __version__
+    from padim._version import __version__
 
     model._require_fitted()
     if hasattr(model, "engine_for_device"):

@@ -372,7 +372,7 @@ METRIC_TEXT = {
 
 def _header_html(title: str, prediction: "Prediction", labels: np.ndarray | None) -> list[str]:
     """Title and the one-line summary."""
-    from padim import __version__
+    from padim._version import __version__
 
     n = len(prediction.scores)
     summary = f"{n} image{'s' if n != 1 else ''}"

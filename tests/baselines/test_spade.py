@@ -10,7 +10,7 @@ from padim.data import Preprocess
 from padim.images import array_to_tensor
 from padim.evaluation.datasets import mvtec_category
 from padim.evaluation.transforms import transform_masks
-from padim.errors import PadimError
+from padim.errors import NotFittedError, PadimError
 from padim.evaluation.metrics import pixel_auroc
 from padim.scoring import gaussian_blur, upsample
 from padim.baselines.spade import Spade, knn_images, nearest_distances
@@ -153,7 +153,7 @@ def test_localises_defects_on_the_texture_set(texture_set) -> None:
 
 
 def test_predict_before_fit_raises(arrays) -> None:
-    with pytest.raises(PadimError, match="not fitted"):
+    with pytest.raises(NotFittedError, match="not fitted"):
         Spade(**TINY_SPADE).predict(arrays[1])
 
 

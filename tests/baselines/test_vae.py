@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 import padim.baselines.vae
 from padim import paper
 from padim.images import list_images, read_image
-from padim.errors import PadimError
-from padim.model import Prediction
+from padim.errors import NotFittedError, PadimError
+from padim.prediction import Prediction
 from padim.scoring import gaussian_blur
 from padim.baselines.vae import VAE
 from padim.baselines.vae_network import STRIDE, augmented_batch, build_network, rotate
@@ -231,7 +231,7 @@ def test_end_to_end_on_the_texture_set(fitted: VAE, texture_set: Path) -> None:
 
 # ----------------------------------------------------------------------------- errors
 def test_predict_before_fit_is_refused(texture_set: Path) -> None:
-    with pytest.raises(PadimError, match="not fitted"):
+    with pytest.raises(NotFittedError, match="not fitted"):
         VAE(**SMALL).predict(texture_set / "test" / "good")
 
 

@@ -17,7 +17,7 @@ pytest.importorskip("onnxruntime")
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
-from padim import PaDiM, PadimError  # noqa: E402
+from padim import ModelFileError, NotFittedError, PaDiM, PadimEnvironmentError, PadimError  # noqa: E402
 from padim.calibration import Calibration  # noqa: E402
 from padim.cli import main  # noqa: E402
 from padim.data import as_items, iter_batches  # noqa: E402
@@ -227,7 +227,7 @@ def test_cli_export(calibrated, tmp_path, capsys, texture_set):
 
 def test_missing_onnx_packages(tiny, tiny_onnx, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx -> ImportError
-    with pytest.raises(PadimError, match=re.escape("pip install 'torch-padim[export]'")):
+    with pytest.raises(PadimEnvironmentError, match=re.escape("pip install 'torch-padim[export]'")):
         export_onnx(tiny, tmp_path / "x.onnx")
     assert not (tmp_path / "x.onnx").exists()
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
@@ -239,7 +239,7 @@ def test_missing_onnx_packages(tiny, tiny_onnx, tmp_path, monkeypatch, capsys):
 
 
 def test_bad_inputs(tiny, tiny_onnx, tmp_path):
-    with pytest.raises(PadimError, match="not fitted"):
+    with pytest.raises(NotFittedError, match="not fitted"):
         export_onnx(PaDiM(**TINY), tmp_path / "x.onnx")
     for opset in (9, 99):  # bicubic Resize needs 11; the TorchScript exporter stops at 20
         with pytest.raises(PadimError, match="opset"):
@@ -247,15 +247,15 @@ def test_bad_inputs(tiny, tiny_onnx, tmp_path):
     with pytest.raises(PadimError, match="does not exist"):
         export_onnx(tiny, tmp_path / "nope" / "x.onnx")
     assert list(tmp_path.iterdir()) == []  # nothing half-written
-    with pytest.raises(PadimError, match="no such ONNX file"):
+    with pytest.raises(ModelFileError, match="no such ONNX file"):
         OnnxPredictor(tmp_path / "missing.onnx")
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
-    with pytest.raises(PadimError, match="junk.onnx"):
+    with pytest.raises(ModelFileError, match="junk.onnx"):
         OnnxPredictor(tmp_path / "junk.onnx")
     foreign = onnx.load(str(tiny_onnx))
     del foreign.metadata_props[:]
     onnx.save(foreign, str(tmp_path / "foreign.onnx"))
-    with pytest.raises(PadimError, match="not a torch-padim export"):
+    with pytest.raises(ModelFileError, match="not a torch-padim export"):
         OnnxPredictor(tmp_path / "foreign.onnx")
     with pytest.raises(PadimError, match="expected a"):
         OnnxPredictor(tiny_onnx).run(np.zeros((1, 3, 32, 32), np.float32))
