@@ -21,7 +21,7 @@ def read_template(package: str, name: str) -> str:
     return resources.files(package).joinpath("templates", name).read_text(encoding="utf-8")
 
 
-def fill(template: str, **values: object) -> str:
+def fill(template: str, /, **values: object) -> str:
     """The template with every ``{{name}}`` replaced by ``str(values[name])``; every value must be used."""
     wanted = set(PLACEHOLDER.findall(template))
     if wanted != set(values):
@@ -29,7 +29,7 @@ def fill(template: str, **values: object) -> str:
     return PLACEHOLDER.sub(lambda match: str(values[match.group(1)]), template)
 
 
-def render(package: str, name: str, **values: object) -> str:
+def render(package: str, name: str, /, **values: object) -> str:
     """`fill` of the template file `name` in `package`."""
     return fill(read_template(package, name), **values)
 
