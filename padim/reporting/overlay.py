@@ -1,4 +1,8 @@
-"""Anomaly heat maps drawn over images, for people to look at."""
+"""Anomaly heat maps drawn over images, for people to look at.
+
+`colour_scale` is the one place that decides a heat map's value range, for every caller: the results
+folder and the demo (basis "range"), the report ("median") and the service ("calibration").
+"""
 
 from __future__ import annotations
 
