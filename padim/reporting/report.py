@@ -34,9 +34,10 @@ if TYPE_CHECKING:
 
 TEMPLATES = "padim.reporting"
 DEFAULT_TITLE = "PaDiM inspection report"
-__all__ = ["DEFAULT_TITLE", "NOT_CALIBRATED", "THUMBNAIL", "ReportMetrics", "collect_inputs", "compute_metrics",
-           "describe_thresholds", "display_names", "given_note", "ground_truth", "is_mvtec_category",
-           "model_summary", "render_report", "report_from_files", "row_pictures", "write_report"]
+__all__ = ["DEFAULT_TITLE", "METRIC_TEXT", "NOT_CALIBRATED", "THUMBNAIL", "ReportMetrics", "calibration_caveat",
+           "collect_inputs", "compute_metrics", "describe_thresholds", "display_names", "given_note", "ground_truth",
+           "is_mvtec_category", "model_summary", "png_data_uri", "render_report", "report_from_files",
+           "row_pictures", "write_report"]
 
 
 def _part(part: str, /, **values: object) -> str:
@@ -121,7 +122,7 @@ def _outline_header(prediction: "Prediction", has_masks: bool) -> str:
 
 
 @dataclass(frozen=True)
-class _Rows:
+class _RowContext:
     """What every image row of one report shares."""
 
     prediction: "Prediction"
@@ -131,7 +132,7 @@ class _Rows:
 
 
 @dataclass(frozen=True)
-class _Image:
+class _ReportImage:
     """One image of the report: its place in the prediction and in the page, its picture and ground truth."""
 
     index: int
@@ -143,9 +144,9 @@ class _Image:
     label: bool | None
 
 
-def _predicted_region(rows: _Rows, i: int) -> np.ndarray | None:
+def _predicted_region(context: _RowContext, i: int) -> np.ndarray | None:
     """The region to outline in red: the predicted mask, none for an image called OK."""
-    prediction, pt = rows.prediction, rows.prediction.pixel_threshold
+    prediction, pt = context.prediction, context.prediction.pixel_threshold
     if prediction.decisions is not None and not prediction.decisions[i]:
         return None
     if prediction.masks is not None:
@@ -153,9 +154,9 @@ def _predicted_region(rows: _Rows, i: int) -> np.ndarray | None:
     return np.asarray(prediction.maps[i]) > pt if pt is not None else None
 
 
-def _info_html(rows: _Rows, image: _Image) -> str:
+def _info_html(context: _RowContext, image: _ReportImage) -> str:
     """The row's first cell: rank, name, score, verdict, reason and ground truth."""
-    prediction, i, esc = rows.prediction, image.index, html.escape
+    prediction, i, esc = context.prediction, image.index, html.escape
     normalised = verdict = reason = truth = ""
     if prediction.normalized_scores is not None:
         normalised = _part("normalised", value=f"{float(prediction.normalized_scores[i]):.2f}")
@@ -176,24 +177,24 @@ def _info_html(rows: _Rows, image: _Image) -> str:
                  truth=truth)
 
 
-def _row_html(rows: _Rows, image: _Image) -> str:
+def _row_html(context: _RowContext, image: _ReportImage) -> str:
     """One image: name, score, verdict, ground truth and its three pictures."""
-    prediction, i = rows.prediction, image.index
+    prediction, i = context.prediction, image.index
     amap = prediction.maps[i]
     if image.pixels.shape[:2] != np.shape(amap):
         raise InputError(f"{image.name}: image {image.pixels.shape[:2]} and anomaly map {np.shape(amap)} "
                          "differ in size")
-    predicted = _predicted_region(rows, i)
-    small, heat, outlined = row_pictures(image.pixels, amap, scale=rows.scale, predicted=predicted,
-                                         gt_mask=image.gt_mask, largest=rows.thumbnail)
+    predicted = _predicted_region(context, i)
+    small, heat, outlined = row_pictures(image.pixels, amap, scale=context.scale, predicted=predicted,
+                                         gt_mask=image.gt_mask, largest=context.thumbnail)
     cells = [_part("picture_cell", alt="original", src=png_data_uri(small)),
              _part("picture_cell", alt="heat map", src=png_data_uri(heat))]
-    if rows.outlines:
+    if context.outlines:
         picture = _part("outline_picture", src=png_data_uri(outlined)) if outlined is not None else ""
         called_ok = prediction.decisions is not None and not prediction.decisions[i]
         caption = _part("ok_caption") if called_ok and prediction.pixel_threshold is not None else ""
         cells.append(_part("outline_cell", picture=picture, caption=caption))
-    return _part("row", exact_score=repr(float(prediction.scores[i])), info=_info_html(rows, image),
+    return _part("row", exact_score=repr(float(prediction.scores[i])), info=_info_html(context, image),
                  cells="".join(cells))
 
 
@@ -210,16 +211,16 @@ def _check_sizes(names: Sequence[str], images: Sequence[Any], prediction: "Predi
 
 
 def _images_html(names: Sequence[str], images: Sequence[Any], prediction: "Prediction",
-                 gt_masks: Sequence[np.ndarray | None] | None, labels: np.ndarray | None, thumbnail: int) -> str:
+                 gt_masks: Sequence[np.ndarray | None] | None, labels: np.ndarray | None, *, thumbnail: int) -> str:
     """The legend and one row per image, highest score first (images loaded one at a time)."""
-    rows = _Rows(prediction, colour_scale(prediction.maps, basis="median"),
-                 prediction.pixel_threshold is not None or gt_masks is not None, thumbnail)
+    context = _RowContext(prediction, colour_scale(prediction.maps, basis="median"),
+                          prediction.pixel_threshold is not None or gt_masks is not None, thumbnail)
     shown = display_names([str(x) for x in names])
     order = np.argsort(-np.asarray(prediction.scores, dtype=np.float64), kind="stable")
-    html_rows = [_row_html(rows, _Image(
+    html_rows = [_row_html(context, _ReportImage(
         i, rank, str(names[i]), shown[i], load_image(images[i]), gt_masks[i] if gt_masks is not None else None,
         None if labels is None else bool(labels[i]))) for rank, i in enumerate(order, 1)]
-    return _part("images_section", legend=_legend_html(rows.scale, prediction, gt_masks is not None),
+    return _part("images_section", legend=_legend_html(context.scale, prediction, gt_masks is not None),
                  outline_header=_outline_header(prediction, gt_masks is not None), rows="\n".join(html_rows))
 
 
@@ -243,7 +244,7 @@ def render_report(
     sections = [_model_html(model, prediction, threshold_note or describe_thresholds(model, prediction))]
     if labels is not None:
         sections.append(_metrics_html(compute_metrics(prediction, labels, full_masks)))
-    sections.append(_images_html(names, images, prediction, gt_masks, labels, thumbnail))
+    sections.append(_images_html(names, images, prediction, gt_masks, labels, thumbnail=thumbnail))
     stamp = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     return render(TEMPLATES, "report.html", title=html.escape(title), css=read_template(TEMPLATES, "report.css"),
                   summary=html.escape(_summary(prediction, labels)), stamp=html.escape(stamp),

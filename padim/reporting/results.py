@@ -185,17 +185,21 @@ class _Run:
     spill: _Spill | None  # model-grid maps, for the overlays' second pass and the report
 
 
+def prediction_record(prediction: Prediction, i: int) -> dict[str, Any]:
+    """Image i of a prediction in plain Python types: score, normalized_score, defective, frame_score and
+    reason, None where the prediction has none (the one place a Prediction becomes table rows and answers)."""
+    def item(values: Any, kind: type) -> Any:
+        return None if values is None else kind(values[i])
+
+    return {"score": float(prediction.scores[i]), "normalized_score": item(prediction.normalized_scores, float),
+            "defective": item(prediction.decisions, bool), "frame_score": item(prediction.frame_scores, float),
+            "reason": item(prediction.reasons, str)}
+
+
 def _row(one: Prediction, name: str, i: int, overlays: bool) -> dict[str, Any]:
     """The table row of one scored image (input position i), naming its overlay and mask files."""
-    row: dict[str, Any] = {"image": name, "score": float(one.scores[0])}
-    if one.normalized_scores is not None:
-        row["normalized_score"] = float(one.normalized_scores[0])
-    if one.decisions is not None:
-        row["defective"] = bool(one.decisions[0])
-    if one.frame_scores is not None:
-        row["frame_score"] = float(one.frame_scores[0])
-    if one.reasons is not None:
-        row["reason"] = one.reasons[0]
+    row: dict[str, Any] = {"image": name}
+    row.update((k, v) for k, v in prediction_record(one, 0).items() if v is not None)
     if overlays:
         row["overlay"] = f"overlays/{i:04d}_{Path(name).stem}.png"
     if one.masks is not None:

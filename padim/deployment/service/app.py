@@ -65,19 +65,10 @@ def render_overlay(image: DecodedImage, anomaly_map: np.ndarray, model: Any, *, 
 
 def _prediction_rows(pred: Any) -> list[dict[str, Any]]:
     """One dict per image of a Prediction: what an answer needs, in plain Python types."""
-    def item(values: Any, i: int, kind: type) -> Any:
-        return None if values is None else kind(values[i])
+    from padim.reporting.results import prediction_record
 
-    return [{
-        "score": float(pred.scores[i]),
-        "normalized_score": item(pred.normalized_scores, i, float),
-        "defective": item(pred.decisions, i, bool),
-        "reason": None if pred.reasons is None else pred.reasons[i],
-        "frame_score": item(pred.frame_scores, i, float),
-        "image_threshold": pred.image_threshold,
-        "pixel_threshold": pred.pixel_threshold,
-        "map": pred.maps[i],
-    } for i in range(len(pred.scores))]
+    return [{**prediction_record(pred, i), "image_threshold": pred.image_threshold,
+             "pixel_threshold": pred.pixel_threshold, "map": pred.maps[i]} for i in range(len(pred.scores))]
 
 
 def _png_response(png: bytes, result: dict[str, Any], timing: dict[str, float]) -> Response:
