@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -95,3 +98,15 @@ def positions_to_maps(embedding: torch.Tensor, grid: tuple[int, int]) -> torch.T
     """
     maps = embedding.permute(1, 2, 0).reshape(embedding.shape[1], embedding.shape[2], *grid)
     return maps.clone(memory_format=torch.contiguous_format)
+
+
+def embedded_batches(batches: Iterable[Any], engine: Callable[[torch.Tensor], torch.Tensor],
+                     project: Callable[[torch.Tensor], torch.Tensor], *, device: str, desc: str, total: int,
+                     verbose: bool) -> Iterator[tuple[Any, torch.Tensor]]:
+    """(batch, positions-first embeddings (P, B, d)) of every batch, with a progress bar when verbose."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(batches, total=total, desc=desc, unit="batch", disable=not verbose, leave=False)
+    with torch.no_grad():
+        for batch in bar:
+            yield batch, project(engine(batch.pixels).to(device))

@@ -21,25 +21,25 @@ from typing import Any
 import numpy as np
 import torch
 
-from padim import fitting, modelfile, paper, staircase
+from padim import fitting, modelfile, paper
 from padim.backbone import DEFAULT_BACKBONE, Backbone, build_backbone
 from padim.calibration import DEFAULT_FPR, Calibration, holdout_split
-from padim.data import Batch, Preprocess, as_items, check_finite, iter_batches, n_batches
+from padim.data import Batch, Preprocess, as_items, iter_batches, n_batches
 from padim.images import DEFAULT_MAX_PIXELS
-from padim.embedding import positions_to_maps
+from padim.embedding import embedded_batches, positions_to_maps
 from padim.engine import AUTO, Engine, build_engine, check_device, resolve
-from padim.errors import NotFittedError, PadimError, PadimWarning
-from padim.frame import FrameModel, FrameStats, frame_contrast
+from padim.errors import PadimError, PadimWarning
+from padim.frame import FrameModel, FrameStats
 from padim.gaussian import GaussianStats, precision_factor
-from padim.network import PadimNet, draw_channels
+from padim.network import FittedNetworkViews, PadimNet, draw_channels
 from padim.plan import Plan, make_plan
-from padim.prediction import Prediction, Scored, add_verdicts, collect
+from padim.prediction import Prediction, Scored, add_verdicts, collect, scored_batches
 from padim.utils.constraints import (PADIM_CONSTRAINTS, Check, CheckedParameters, check_memory, check_params, check_threshold,
                                     check_value, validate_params)
 from padim.utils.cpus import available_cpus
 
 
-class PaDiM(CheckedParameters):
+class PaDiM(CheckedParameters, FittedNetworkViews):
     """PaDiM anomaly detector (Defard et al., 2020): one multivariate Gaussian per patch position.
 
     The defaults follow the paper: efficientnet_lite0 (real ImageNet weights that install offline)
@@ -203,20 +203,10 @@ class PaDiM(CheckedParameters):
         self.frame_: FrameModel | None = None
         self.n_samples_seen_ = 0
 
-    def _is_fitted(self) -> bool:
-        return getattr(self, "n_samples_seen_", 0) > 0
-
-    def _require_fitted(self) -> None:
-        if not self._is_fitted():
-            raise NotFittedError("this PaDiM model is not fitted yet: call fit() first")
-
     # ----------------------------------------------------------------------------- fitting
     def fit(self, images: Any, *, shards: fitting.Shards = fitting.ONE_PROCESS) -> "PaDiM":
-        """Fit the per-position Gaussians on images of good parts (replaces any previous fit).
-
-        `shards` shares the fit between processes (padim.distributed.fit_distributed): each one adds
-        its share of the images, and the lead process ends with the merged, finished model.
-        """
+        """Fit the per-position Gaussians on images of good parts (replaces any previous fit); `shards` shares
+        it between processes (padim.distributed): each adds its share, the lead one ends with the merged model."""
         self._init_network()
         self.calibration_: Calibration | None = None
         items = as_items(images)
@@ -231,10 +221,8 @@ class PaDiM(CheckedParameters):
         return self
 
     def plan(self, n_images: int, measure: bool = True) -> Plan:
-        """Peak memory, file sizes and time per image of fitting n_images, before any image is read.
-
-        Builds the network and (measure=True) runs one batch of zeros through the engine to time it.
-        """
+        """Peak memory, file sizes and time per image of fitting n_images, before any image is read (builds the
+        network; measure=True times one batch of zeros through the engine)."""
         if not hasattr(self, "net_"):
             self._init_network()
         return make_plan(self, n_images, measure)
@@ -327,41 +315,6 @@ class PaDiM(CheckedParameters):
         self.frame_ = None if frames is None else FrameModel.from_stats(frames, float(self.eps))
         self.n_samples_seen_, self.created_ = n, created
 
-    # ----------------------------------------------------------------------------- fitted state (views of net_)
-    @property
-    def channel_indices_(self) -> torch.Tensor:
-        """Sorted indices (int64) of the backbone channels the embeddings keep (the network's buffer)."""
-        return self.net_.channel_indices
-
-    @property
-    def components_(self) -> torch.Tensor | None:
-        """PCA components (D, d), float32, the embeddings are projected on (the network's buffer); None without."""
-        projection = self.net_.projection
-        return projection if projection.numel() else None
-
-    @property
-    def feature_shape_(self) -> tuple[int, int]:
-        """The feature grid (h, w): one Gaussian per position."""
-        return tuple(self.net_.grid)  # type: ignore[return-value]
-
-    @property
-    def mean_(self) -> torch.Tensor:
-        """Per-position means (P, d), float64 (the network's buffer)."""
-        self._require_fitted()
-        return self.net_.mean
-
-    @property
-    def precision_cholesky_(self) -> torch.Tensor:
-        """Inverse Cholesky factors W (P, d, d), precision = W^T W: built densely on access from the network's stairs."""
-        self._require_fitted()
-        return staircase.to_upper(self.net_.factor).transpose(1, 2)
-
-    @property
-    def embedding_dim_(self) -> int:
-        """Dimension d of the patch embeddings the Gaussians model."""
-        self._require_fitted()
-        return int(self.mean_.shape[1])
-
     @property
     def covariance_(self) -> torch.Tensor:
         """Regularised covariances (P, d, d), float64; needs the statistics."""
@@ -382,8 +335,6 @@ class PaDiM(CheckedParameters):
 
     def _embeddings(self, items: list, what: str) -> Iterator[tuple[Batch, torch.Tensor]]:
         """Positions-first embeddings (P, B, d) of every batch, with a progress bar when verbose."""
-        from tqdm.auto import tqdm
-
         engine = self.engine_for_device()
         workers = self.workers
         if workers is None and engine.name in ("openvino", "onnxruntime") and available_cpus() >= 2:
@@ -391,11 +342,8 @@ class PaDiM(CheckedParameters):
             # where beside torch's own OpenMP threads it costs a little.
             workers = 1
         batches = iter_batches(items, self.preprocessing, self.batch_size, workers=workers, max_pixels=self.max_pixels)
-        bar = tqdm(batches, total=n_batches(len(items), self.batch_size), desc=what, unit="batch",
-                   disable=not self.verbose, leave=False)
-        with torch.no_grad():
-            for batch in bar:
-                yield batch, self.net_.project(engine(batch.pixels).to(self.device))
+        return embedded_batches(batches, engine, self.net_.project, device=self.device, desc=what,
+                                total=n_batches(len(items), self.batch_size), verbose=self.verbose)
 
     def transform(self, images: Any) -> np.ndarray:
         """Patch embeddings (N, d, h, w) of images, float32 (Rd channels, or PCA components once fitted)."""
@@ -410,20 +358,8 @@ class PaDiM(CheckedParameters):
     def scored_batches(self, images: Any) -> Iterator[Scored]:
         """Like predict_batches, with the frame check's numbers (frame_scores, contrast, blank: numpy or None)."""
         self._require_fitted()
-        items = as_items(images)
-        frame = getattr(self, "frame_", None)
-        for batch, emb in self._embeddings(items, "predict"):
-            contrast = frame_contrast(batch.pixels, self.preprocessing.std)
-            checks = {"contrast": contrast.cpu().numpy(), "frame_scores": None, "blank": None}
-            if frame is not None:  # before scoring: score_positions centres the embeddings in place
-                checks["frame_scores"] = frame.scores(emb).cpu().numpy()
-                checks["blank"] = frame.blank(contrast).cpu().numpy()
-            with torch.no_grad():
-                maps, scores = self.net_.score_positions(emb)
-            # NaN/inf in a patch's embedding (or in the model) reaches its image's maximum: checking the
-            # scores is equivalent to checking every embedding, at a fraction of the cost.
-            check_finite(scores, batch, "anomaly score is NaN/inf (NaN/inf features or model tensors)")
-            yield batch, maps, scores, checks
+        embedded = self._embeddings(as_items(images), "predict")
+        return scored_batches(embedded, self.net_, getattr(self, "frame_", None), self.preprocessing.std)
 
     def predict(self, images: Any, original_size: bool = False, image_threshold: float | None = None,
                 pixel_threshold: float | None = None) -> Prediction:

@@ -9,7 +9,7 @@ from padim import staircase
 from padim.backbone import Backbone, spec_for
 from padim.embedding import positions_to_maps, random_channels, split_by_tap
 from padim.engine import TapEmbedding
-from padim.errors import PadimError
+from padim.errors import NotFittedError, PadimError
 from padim.scoring import image_scores, mahalanobis_distance, patch_distances, smooth_maps, smoothing_matrices, split_mean
 
 
@@ -106,3 +106,53 @@ def draw_channels(backbone: Backbone, n_features: int | str | None, reduction: s
     if n_features is None or not 1 <= int(n_features) <= n_total:
         raise PadimError(f"reduction='pca' needs n_features between 1 and {n_total}, got {n_features!r}")
     return random_channels(n_total, None, seed), int(n_features)
+
+
+class FittedNetworkViews:
+    """An estimator's fitted attributes as read-only views of its PadimNet's buffers (`net_`): no copies."""
+
+    net_: PadimNet
+    n_samples_seen_: int
+
+    def _is_fitted(self) -> bool:
+        """Whether fit (or load) has given the network its Gaussians."""
+        return getattr(self, "n_samples_seen_", 0) > 0
+
+    def _require_fitted(self) -> None:
+        """Raise NotFittedError before fit or load."""
+        if not self._is_fitted():
+            raise NotFittedError("this PaDiM model is not fitted yet: call fit() first")
+
+    @property
+    def channel_indices_(self) -> torch.Tensor:
+        """Sorted indices (int64) of the backbone channels the embeddings keep (the network's buffer)."""
+        return self.net_.channel_indices
+
+    @property
+    def components_(self) -> torch.Tensor | None:
+        """PCA components (D, d), float32, the embeddings are projected on (the network's buffer); None without."""
+        projection = self.net_.projection
+        return projection if projection.numel() else None
+
+    @property
+    def feature_shape_(self) -> tuple[int, int]:
+        """The feature grid (h, w): one Gaussian per position."""
+        return tuple(self.net_.grid)  # type: ignore[return-value]
+
+    @property
+    def mean_(self) -> torch.Tensor:
+        """Per-position means (P, d), float64 (the network's buffer)."""
+        self._require_fitted()
+        return self.net_.mean
+
+    @property
+    def precision_cholesky_(self) -> torch.Tensor:
+        """Inverse Cholesky factors W (P, d, d), precision = W^T W: built densely on access from the network's stairs."""
+        self._require_fitted()
+        return staircase.to_upper(self.net_.factor).transpose(1, 2)
+
+    @property
+    def embedding_dim_(self) -> int:
+        """Dimension d of the patch embeddings the Gaussians model."""
+        self._require_fitted()
+        return int(self.mean_.shape[1])

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from padim.data import Batch, Preprocess
-from padim.frame import frame_reasons
+from padim.data import Batch, Preprocess, check_finite
+from padim.frame import FrameModel, frame_contrast, frame_reasons
 from padim.utils.constraints import check_threshold
 
 # What a detector yields per batch: (batch, maps (B, H, W), scores (B,), more per-image arrays by name).
@@ -49,6 +49,23 @@ def _original_maps(maps: Any, batch: Batch, preprocess: Preprocess) -> list[np.n
     """A batch's maps on each image's original grid (preprocess.to_original)."""
     rows = [m.cpu() if isinstance(m, torch.Tensor) else torch.from_numpy(m) for m in maps]
     return [preprocess.to_original(m[None], s)[0].numpy() for m, s in zip(rows, batch.original_sizes)]
+
+
+def scored_batches(embedded: Iterable[tuple[Batch, torch.Tensor]], net: Any, frame: FrameModel | None,
+                   std: tuple[float, float, float]) -> Iterator[Scored]:
+    """(batch, maps, scores, frame-check numbers) of every embedded batch, scored by a fitted PadimNet."""
+    for batch, emb in embedded:
+        contrast = frame_contrast(batch.pixels, std)
+        checks = {"contrast": contrast.cpu().numpy(), "frame_scores": None, "blank": None}
+        if frame is not None:  # before scoring: score_positions centres the embeddings in place
+            checks["frame_scores"] = frame.scores(emb).cpu().numpy()
+            checks["blank"] = frame.blank(contrast).cpu().numpy()
+        with torch.no_grad():
+            maps, scores = net.score_positions(emb)
+        # NaN/inf in a patch's embedding (or in the model) reaches its image's maximum: checking the
+        # scores is equivalent to checking every embedding, at a fraction of the cost.
+        check_finite(scores, batch, "anomaly score is NaN/inf (NaN/inf features or model tensors)")
+        yield batch, maps, scores, checks
 
 
 def collect(scored: Iterable[Scored], original_size: Preprocess | None = None) -> Prediction:

@@ -166,6 +166,14 @@ def test_info_json_is_the_file_metadata(model_file: Path, capsys: pytest.Capture
     assert json.loads(capsys.readouterr().out) == read_model(model_file)[1]
 
 
+def test_info_prints_what_the_library_says(model_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from padim.reporting.model_info import model_file_info
+
+    for as_json in (False, True):
+        assert main(["info", str(model_file), *(["--json"] if as_json else [])]) == 0
+        assert capsys.readouterr().out == model_file_info(model_file, as_json=as_json) + "\n"
+
+
 # ---------------------------------------------------------------------------------------------- predict
 def test_predict_scores_csv_and_json_agree_one_row_per_image_in_input_order(predicted) -> None:
     out, expected_order, _ = predicted

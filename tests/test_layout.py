@@ -11,10 +11,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "padim"
 LAYERS = [
     ["padim._version", "padim.paper", "padim.errors", "padim.utils"],
     ["padim.data", "padim.images"],
-    ["padim.backbone", "padim.embedding", "padim.engine"],
+    ["padim.backbone", "padim.torch_fast", "padim.embedding", "padim.engine"],
     ["padim.gaussian", "padim.staircase", "padim.frame"],
     ["padim.scoring", "padim.calibration"],
-    ["padim.network", "padim.prediction", "padim.modelfile", "padim.plan", "padim.model", "padim.distributed"],
+    ["padim.network", "padim.prediction", "padim.fitting", "padim.modelfile", "padim.plan", "padim.model",
+     "padim.distributed"],
     ["padim.baselines", "padim.evaluation", "padim.reporting", "padim.deployment"],
     ["padim.cli", "padim.__main__", "padim"],
 ]

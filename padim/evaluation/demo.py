@@ -15,7 +15,7 @@ from padim.utils.atomic import atomic_write
 from padim.images import read_image
 from padim.evaluation.metrics import image_auroc, pixel_auroc
 from padim.model import PaDiM
-from padim.reporting.overlay import heatmap_overlay, save_png, side_by_side
+from padim.reporting.overlay import colour_scale, heatmap_overlay, save_png, side_by_side
 from padim.evaluation.synthetic import TEXTURES, load_split, make_inspection_set
 
 N_TRAIN, N_TEST_GOOD, N_TEST_DEFECT = 60, 20, 40
@@ -56,7 +56,7 @@ def run_texture(root: Path, texture: str, verbose: bool, seed: int = 0) -> DemoR
 def write_overlays(folder: Path, model: PaDiM, paths: list[Path], maps: np.ndarray, masks: list[np.ndarray],
                    scores: np.ndarray) -> None:
     """Save 'image | heat map with ground-truth contour' PNGs, named by score rank, on one colour scale."""
-    vmin, vmax = float(np.nanmin(maps)), float(np.nanmax(maps))
+    vmin, vmax = colour_scale(maps, basis="range")
     for rank, i in enumerate(np.argsort(-scores)):
         rgb = (model.preprocessing.resized(read_image(paths[i])).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         panel = heatmap_overlay(rgb, maps[i], vmin=vmin, vmax=vmax, mask=masks[i])

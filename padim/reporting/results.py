@@ -14,6 +14,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -21,10 +22,10 @@ import numpy as np
 import torch
 
 from padim import distributed
-from padim.utils.atomic import atomic_write
 from padim.images import DEFAULT_MAX_PIXELS, Size, read_image
-from padim.errors import PadimError
+from padim.errors import InputError, PadimError
 from padim.model import PaDiM, Prediction, add_verdicts
+from padim.utils.atomic import atomic_write
 
 # OWASP "CSV injection": a cell starting with one of these is a formula to a spreadsheet.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -47,9 +48,25 @@ def scores_csv(rows: Sequence[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Write a text file atomically."""
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a UTF-8 text file atomically: readers see the old file or the whole new one."""
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
+    """Image files and folders as image paths: a folder becomes its images (padim.data.list_images)."""
+    from padim.images import list_images
+
+    paths: list[Path] = []
+    for text in inputs:
+        path = Path(text)
+        if path.is_dir():
+            paths += list_images(path)
+        elif path.exists():
+            paths.append(path)
+        else:
+            raise InputError(f"{path}: no such file or folder")
+    return paths
 
 
 def _save_mask(path: Path, mask: np.ndarray) -> None:
@@ -97,7 +114,22 @@ class _Spill:
 
 
 class OriginalMaps(Sequence):
-    """Model-grid maps shown at their images' original sizes, each resized when asked for (for the report)."""
+    """Model-grid maps shown at their images' original sizes, each resized when asked for (for the report).
+
+    Parameters
+    ----------
+    grid_maps : array (n, h, w)
+        The maps on the model's grid (a memory map is fine: one is read at a time).
+    sizes : sequence of (height, width)
+        Each image's original size.
+    model : PaDiM
+        The fitted model whose preprocessing maps the grid back to the original image.
+
+    Attributes
+    ----------
+    grid_maps, sizes, preprocess
+        As given (preprocess: the model's ``preprocessing``).
+    """
 
     def __init__(self, grid_maps: np.ndarray, sizes: Sequence[Size], model: PaDiM) -> None:
         self.grid_maps, self.sizes, self.preprocess = grid_maps, list(sizes), model.preprocessing
@@ -110,7 +142,20 @@ class OriginalMaps(Sequence):
 
 
 class Images(Sequence):
-    """Image files read again as RGB uint8 when asked for (their frames were reported the first time)."""
+    """Image files read again as RGB uint8 when asked for (their frames were reported the first time).
+
+    Parameters
+    ----------
+    names : sequence of str
+        The image files.
+    model : PaDiM
+        Its ``max_pixels`` bounds what is decoded.
+
+    Attributes
+    ----------
+    names : list of str
+    max_pixels : int
+    """
 
     def __init__(self, names: Sequence[str], model: PaDiM) -> None:
         self.names, self.max_pixels = list(names), getattr(model, "max_pixels", DEFAULT_MAX_PIXELS)
@@ -128,54 +173,80 @@ def original_map(preprocess: Any, grid_map: torch.Tensor, size: Size) -> np.ndar
     return preprocess.to_original(grid_map[None].cpu(), size)[0].numpy()
 
 
-def _score_pass(model: PaDiM, paths: list[Path], indices: list[int], folder: Path, spill: _Spill | None,
-                image_threshold: float | None, pixel_threshold: float | None, overlays: bool) -> Iterator[tuple]:
-    """Predict batch by batch; write each mask at once; yield (row, original size, map min, map max) per image."""
-    calibration = getattr(model, "calibration_", None)
+@dataclass
+class _Run:
+    """One write_results call: the model, the folder and what was asked for."""
+
+    model: PaDiM
+    folder: Path
+    image_threshold: float | None  # given by the caller (None: the model's calibration, if any)
+    pixel_threshold: float | None
+    overlays: bool
+    spill: _Spill | None  # model-grid maps, for the overlays' second pass and the report
+
+
+def prediction_record(prediction: Prediction, i: int) -> dict[str, Any]:
+    """Image i of a prediction in plain Python types: score, normalized_score, defective, frame_score and
+    reason, None where the prediction has none (the one place a Prediction becomes table rows and answers)."""
+    def item(values: Any, kind: type) -> Any:
+        return None if values is None else kind(values[i])
+
+    return {"score": float(prediction.scores[i]), "normalized_score": item(prediction.normalized_scores, float),
+            "defective": item(prediction.decisions, bool), "frame_score": item(prediction.frame_scores, float),
+            "reason": item(prediction.reasons, str)}
+
+
+def _row(one: Prediction, name: str, i: int, overlays: bool) -> dict[str, Any]:
+    """The table row of one scored image (input position i), naming its overlay and mask files."""
+    row: dict[str, Any] = {"image": name}
+    row.update((k, v) for k, v in prediction_record(one, 0).items() if v is not None)
+    if overlays:
+        row["overlay"] = f"overlays/{i:04d}_{Path(name).stem}.png"
+    if one.masks is not None:
+        row["mask"] = f"masks/{i:04d}_{Path(name).stem}.png"
+    return row
+
+
+def _score_pass(run: _Run, paths: list[Path], indices: list[int]) -> Iterator[tuple[dict[str, Any], Size, tuple]]:
+    """Predict batch by batch; write each mask at once; yield (row, original size, colour range) per image."""
+    from padim.reporting.overlay import colour_scale
+
+    calibration = getattr(run.model, "calibration_", None)
     mine = [paths[i] for i in indices]
     if not mine:
         return
     k = 0
-    for batch, maps, scores, checks in model.scored_batches(mine):
+    for batch, maps, scores, checks in run.model.scored_batches(mine):
         scores = scores.cpu().numpy()
         for j, (name, size) in enumerate(zip(batch.names, batch.original_sizes)):
             i = indices[k]
             k += 1
-            amap = original_map(model.preprocessing, maps[j], size)
+            amap = original_map(run.model.preprocessing, maps[j], size)
             frame = {key: None if v is None else v[j : j + 1] for key, v in checks.items()}
             one = add_verdicts(Prediction([name], scores[j : j + 1], [amap], frame_scores=frame["frame_scores"],
                                           contrast=frame["contrast"], blank=frame["blank"]),
-                               calibration, image_threshold, pixel_threshold)
-            row: dict[str, Any] = {"image": name, "score": float(one.scores[0])}
-            if one.normalized_scores is not None:
-                row["normalized_score"] = float(one.normalized_scores[0])
-            if one.decisions is not None:
-                row["defective"] = bool(one.decisions[0])
-            if one.frame_scores is not None:
-                row["frame_score"] = float(one.frame_scores[0])
-            if one.reasons is not None:
-                row["reason"] = one.reasons[0]
-            if overlays:
-                row["overlay"] = f"overlays/{i:04d}_{Path(name).stem}.png"
+                               calibration, run.image_threshold, run.pixel_threshold)
+            row = _row(one, name, i, run.overlays)
             if one.masks is not None:
-                row["mask"] = f"masks/{i:04d}_{Path(name).stem}.png"
-                _save_mask(folder / row["mask"], one.masks[0])
-            if spill is not None:
-                spill.add(maps[j])
-            yield row, size, float(np.nanmin(amap)), float(np.nanmax(amap))  # NaN: not inspected
+                _save_mask(run.folder / row["mask"], one.masks[0])
+            if run.spill is not None:
+                run.spill.add(maps[j])
+            yield row, size, colour_scale([amap], basis="range")  # NaN (not inspected) left out
 
 
-def _draw_overlays(model: PaDiM, rows: list[dict[str, Any]], sizes: list[Size], grid_maps: np.ndarray,
-                   folder: Path, vmin: float, vmax: float, pixel_threshold: float | None) -> None:
+def _draw_overlays(run: _Run, rows: list[dict[str, Any]], sizes: list[Size], scale: tuple[float, float],
+                   pixel_threshold: float | None) -> None:
     """Second pass: re-read each image and save its heat-map overlay on the shared colour scale."""
     from padim.reporting.overlay import heatmap_overlay, save_png, side_by_side
 
-    images = Images([row["image"] for row in rows], model)
+    assert run.spill is not None
+    grid_maps, (vmin, vmax) = run.spill.maps(), scale
+    images = Images([row["image"] for row in rows], run.model)
     for k, row in enumerate(rows):
         rgb = images[k]
-        amap = original_map(model.preprocessing, torch.from_numpy(np.array(grid_maps[k])), sizes[k])
+        amap = original_map(run.model.preprocessing, torch.from_numpy(np.array(grid_maps[k])), sizes[k])
         panel = side_by_side(rgb, heatmap_overlay(rgb, amap, vmin=vmin, vmax=vmax, threshold=pixel_threshold))
-        save_png(folder / row["overlay"], panel)
+        save_png(run.folder / row["overlay"], panel)
 
 
 def _resolved_thresholds(model: PaDiM, image_threshold: float | None,
@@ -184,6 +255,14 @@ def _resolved_thresholds(model: PaDiM, image_threshold: float | None,
     pred = add_verdicts(Prediction([], np.zeros(0, np.float32), []), getattr(model, "calibration_", None),
                         image_threshold, pixel_threshold)
     return pred.image_threshold, pred.pixel_threshold
+
+
+def _make_folder(out: Path, overlays: bool) -> None:
+    """The output folder (with overlays/ when wanted), or a one-line error."""
+    try:
+        (out / "overlays" if overlays else out).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PadimError(f"{out}: cannot create output folder ({exc.strerror})") from None
 
 
 def write_results(
@@ -198,66 +277,63 @@ def write_results(
     model_name: str | None = None,
     thresholds_how: str | None = None,
 ) -> list[dict[str, Any]] | None:
-    """Score image files into a folder: overlays/, masks/ (with a pixel threshold), scores.csv, scores.json.
+    """Score image files (folders: their images) into a folder: overlays/, masks/ (with a pixel threshold),
+    scores.csv, scores.json; what `padim predict` writes.
 
     report=True also writes report.html. Under torchrun (padim.distributed) each process scores its share
     and rank 0 writes the tables; the rows (input order) come back on rank 0, None elsewhere.
     """
-    paths = [Path(p) for p in images]
+    paths = expand_inputs(images)
     if not paths:
-        raise PadimError("no images given")
+        raise InputError("no images given")
     if report and torch.distributed.is_initialized():
-        raise PadimError("report.html needs every heat map in one process: write it without torchrun")
+        raise InputError("report.html needs every heat map in one process: write it without torchrun")
     out = Path(folder)
-    try:
-        (out / "overlays" if overlays else out).mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise PadimError(f"{out}: cannot create output folder ({exc.strerror})") from None
+    _make_folder(out, overlays)
     indices = distributed.shard_indices(len(paths))
     it, pt = _resolved_thresholds(model, image_threshold, pixel_threshold)
     spill = _Spill(out, model.preprocessing.output_size) if overlays or report else None
+    run = _Run(model, out, image_threshold, pixel_threshold, overlays, spill)
     try:
         rows, sizes, low, high = [], [], np.inf, -np.inf
-        for row, size, lo, hi in _score_pass(model, paths, indices, out, spill, image_threshold, pixel_threshold,
-                                             overlays):
+        for row, size, (lo, hi) in _score_pass(run, paths, indices):
             rows.append(row)
             sizes.append(size)
-            low, high = min(low, lo), max(high, hi)
+            low, high = min(low, lo), max(high, hi)  # the range of all maps: the lowest low, the highest high
         if overlays:
-            vmin, vmax = distributed.global_range(low, high)
-            _draw_overlays(model, rows, sizes, spill.maps(), out, vmin, vmax, pt)
+            _draw_overlays(run, rows, sizes, distributed.global_range(low, high), pt)
         all_rows = distributed.gather_rows(list(zip(indices, rows)))
         if all_rows is None:  # not rank 0: rank 0 writes the tables
             return None
         rows = [row for _, row in sorted(all_rows, key=lambda pair: pair[0])]
-        _write_tables(out, rows, model, model_name, it, pt,
-                      _thresholds_how(model, image_threshold is not None or pixel_threshold is not None, thresholds_how))
+        given = image_threshold is not None or pixel_threshold is not None
+        _write_tables(out, rows, model_name=model_name, thresholds={
+            "image": it, "pixel": pt, "how": _thresholds_how(model, given, thresholds_how)})
         if report:
-            _write_report(out / "report.html", model, rows, sizes, spill.maps(), image_threshold, pixel_threshold)
+            _write_report(run, rows, sizes)
     finally:
         if spill is not None:
             spill.close()
     return rows
 
 
-def _write_tables(out: Path, rows: list[dict[str, Any]], model: PaDiM, model_name: str | None,
-                  image_threshold: float | None, pixel_threshold: float | None, how: str) -> None:
-    """scores.csv and scores.json, each written atomically, with how the thresholds were chosen."""
-    _write_text(out / "scores.csv", scores_csv(rows))
-    thresholds = {"image": image_threshold, "pixel": pixel_threshold, "how": how}
-    _write_text(out / "scores.json", json.dumps({"model": model_name or "", "thresholds": thresholds, "images": rows},
-                                                indent=2))
+def _write_tables(out: Path, rows: list[dict[str, Any]], *, model_name: str | None,
+                  thresholds: dict[str, Any]) -> None:
+    """scores.csv and scores.json, each written atomically, with the thresholds and how they were chosen."""
+    write_text(out / "scores.csv", scores_csv(rows))
+    write_text(out / "scores.json", json.dumps({"model": model_name or "", "thresholds": thresholds, "images": rows},
+                                               indent=2))
 
 
-def _write_report(path: Path, model: PaDiM, rows: list[dict[str, Any]], sizes: list[Size], grid_maps: np.ndarray,
-                  image_threshold: float | None, pixel_threshold: float | None) -> None:
+def _write_report(run: _Run, rows: list[dict[str, Any]], sizes: list[Size]) -> None:
     """report.html from the rows and the spilled maps: images read one at a time, maps resized when drawn."""
     from padim.reporting.report import given_note, write_report
 
-    names = [row["image"] for row in rows]
+    assert run.spill is not None
+    model, names = run.model, [row["image"] for row in rows]
     scores = np.array([row["score"] for row in rows], dtype=np.float32)
-    pred = add_verdicts(Prediction(names, scores, []), getattr(model, "calibration_", None), image_threshold,
-                        pixel_threshold)
-    pred.maps, pred.masks = OriginalMaps(grid_maps, sizes, model), None  # the report outlines maps > threshold
-    write_report(path, names, Images(names, model), pred, model=model,
-                 threshold_note=given_note(model, image_threshold, pixel_threshold))
+    pred = add_verdicts(Prediction(names, scores, []), getattr(model, "calibration_", None), run.image_threshold,
+                        run.pixel_threshold)
+    pred.maps, pred.masks = OriginalMaps(run.spill.maps(), sizes, model), None  # the report outlines maps > threshold
+    write_report(run.folder / "report.html", names, Images(names, model), pred, model=model,
+                 threshold_note=given_note(model, run.image_threshold, run.pixel_threshold))

@@ -118,6 +118,18 @@ def test_page_is_self_contained(client: TestClient) -> None:
     assert "default-src 'none'" in r.headers["content-security-policy"]
 
 
+def test_page_comes_from_its_template_files_filled_in(client: TestClient) -> None:
+    from padim.utils.templates import PLACEHOLDER, read_template
+
+    page = client.get("/").text
+    assert not PLACEHOLDER.search(page)
+    for name in ("page.css", "page.js"):
+        assert read_template("padim.deployment.service", name).strip() in page
+    for verdict, colour in VERDICT_COLOURS.items():  # the banner colours the Chromium test looks for
+        assert f"#verdict.{verdict}{{background:{colour}}}" in page
+    assert 'data-crop-note=""' in page  # the test model has no centre crop: no note in the legend
+
+
 def test_predict_matches_model(client: TestClient, model: PaDiM, defect_image: Path, good_image: Path) -> None:
     for path in (defect_image, good_image):
         expected = model.predict([path])

@@ -151,3 +151,37 @@ def test_side_by_side_places_panels_with_white_gap() -> None:
     assert np.array_equal(side_by_side(left), left)
     with pytest.raises(ValueError):
         side_by_side()
+
+
+# ----------------------------------------------------------------------------------------------- the colour scale
+def test_colour_scale_range_spans_every_map_and_skips_not_inspected_pixels() -> None:
+    from padim.reporting.overlay import colour_scale
+
+    a = np.array([[1.0, np.nan], [3.0, 2.0]])
+    b = np.array([[0.5, 9.0]])
+    assert colour_scale([a, b], basis="range") == (0.5, 9.0)
+    assert colour_scale(np.stack([a, a]), basis="range") == (1.0, 3.0)  # a batch of maps as one array
+    # map by map, merged by min/max, is the same scale (how the results folder gathers it)
+    ranges = [colour_scale([m]) for m in (a, b)]
+    assert (min(r[0] for r in ranges), max(r[1] for r in ranges)) == colour_scale([a, b])
+    assert colour_scale([np.full((2, 2), np.nan)]) == colour_scale([]) == (0.0, 1.0)
+
+
+def test_colour_scale_from_the_calibration_puts_the_threshold_mid_scale() -> None:
+    from types import SimpleNamespace
+
+    from padim.reporting.overlay import colour_scale
+
+    calibration = SimpleNamespace(pixel_threshold=5.0, pixel_sample=np.array([2.0, 3.0, 7.0]))
+    assert colour_scale(basis="calibration", calibration=calibration) == (2.0, 8.0)
+    flat = SimpleNamespace(pixel_threshold=2.0, pixel_sample=np.array([2.0, 2.0]))
+    assert colour_scale(basis="calibration", calibration=flat) == (2.0, None)  # open-ended: the overlay's own top
+    assert colour_scale(basis="calibration", calibration=None) == (None, None)
+
+
+def test_colour_scale_refuses_an_unknown_basis() -> None:
+    from padim.errors import InputError
+    from padim.reporting.overlay import colour_scale
+
+    with pytest.raises(InputError, match="basis"):
+        colour_scale([np.zeros((2, 2))], basis="mean")  # type: ignore[arg-type]

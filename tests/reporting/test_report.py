@@ -199,14 +199,14 @@ def test_thumbnails_are_at_most_256_pixels() -> None:
 
 
 def test_colour_scale_ignores_the_zero_border_of_cropped_models() -> None:
-    from padim.reporting.report import colour_range
+    from padim.reporting.overlay import colour_scale
 
     maps = np.zeros((3, 40, 40), np.float32)
     maps[:, 5:35, 5:35] = 100 + np.random.default_rng(0).random((3, 30, 30)) * 10
     maps[0, 20, 20] = 500
-    vmin, vmax = colour_range(maps)
+    vmin, vmax = colour_scale(maps, basis="median")
     assert 100 < vmin < 110 and vmax == 500
-    assert colour_range([np.full((4, 4), 7.0)]) == (7.0, 7.0)
+    assert colour_scale([np.full((4, 4), 7.0)], basis="median") == (7.0, 7.0)
 
 
 def test_display_names_drop_the_shared_folder() -> None:
