@@ -50,8 +50,8 @@ def rgb(paths: list[Path]) -> list[Image.Image]:
 def build(work: Path, n: int, train: int, size: int, seed: int) -> tuple[Path, dict[str, list[Image.Image]]]:
     """Fit and export the bundle; the phases' images."""
     from padim import PaDiM
-    from padim.bundle import export_bundle
-    from padim.synthetic import load_split, make_inspection_set
+    from padim.deployment.bundle import export_bundle
+    from padim.evaluation.synthetic import load_split, make_inspection_set
 
     brick = make_inspection_set(work / "data", "brick", n_train=train + n, n_test_good=n, n_test_defect=0,
                                 size=size, seed=seed)
