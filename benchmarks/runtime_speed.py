@@ -1,6 +1,6 @@
 """Throughput of padim-runtime against the full package: the same bundle's model, the same images, one machine.
 
-Fits Lite0 (real weights) on good brick crops of 400 px (paper preprocessing 256 -> 224), saves the model and
+Fits Lite0 (real weights) on good brick crops of 192 px (paper preprocessing 256 -> 224), saves the model and
 exports its bundle, then times, in fresh processes one after the other and alternating, `PaDiM.predict`
 (original-size maps) and `padim_runtime.load(bundle).predict` on the same N decoded images held in memory
 (decoding excluded from both). Prints img/s per repeat, the medians, their ratio and the largest score
@@ -32,7 +32,7 @@ def build(work: Path, n: int, train: int, seed: int) -> None:
     from padim.deployment.bundle import export_bundle
     from padim.evaluation.synthetic import load_split, make_inspection_set
 
-    root = make_inspection_set(work / "data", "brick", n_train=train, n_test_good=n, n_test_defect=0, size=400,
+    root = make_inspection_set(work / "data", "brick", n_train=train, n_test_good=n, n_test_defect=0, size=192,
                                seed=seed)
     files, test, _ = load_split(root)
     with warnings.catch_warnings():
