@@ -61,7 +61,8 @@ def calibration_meta(model: PaDiM) -> dict[str, Any] | None:
         return None
     return {"fpr": cal.fpr, "source": cal.source, "image_threshold": cal.image_threshold,
             "frame_threshold": cal.frame_threshold,
-            "pixel_threshold": cal.pixel_threshold, "image_scores": [float(s) for s in cal.image_scores]}
+            "pixel_threshold": cal.pixel_threshold, "image_scores": [float(s) for s in cal.image_scores],
+            "pixel_low": float(cal.pixel_sample[0])}  # the lowest good pixel score: the heat maps' colour scale
 
 
 def export_bundle(model: PaDiM, folder: str | os.PathLike, half: bool = False) -> Path:

@@ -12,6 +12,15 @@ NOT_INSPECTED = 128  # grey of the hatch lines over pixels the model never saw (
 GAP = 4  # white pixels between the panels
 
 
+def calibrated_scale(calibration: dict | None) -> tuple[float | None, float | None]:
+    """The service's colour scale, as padim's overlay.colour_scale(basis="calibration"): the lowest good pixel
+    score to the pixel threshold mirrored above it; bundles without pixel_low start at 0."""
+    if calibration is None:
+        return None, None
+    threshold, low = float(calibration["pixel_threshold"]), float(calibration.get("pixel_low", 0.0))
+    return low, (2 * threshold - low if threshold > low else None)
+
+
 def jet(t: np.ndarray) -> np.ndarray:
     """Values in [0, 1] as jet-like RGB in [0, 1] (blue, cyan, yellow, red)."""
     return np.stack([np.clip(1.5 - np.abs(4 * t - s), 0, 1) for s in (3, 2, 1)], axis=-1)
@@ -67,10 +76,11 @@ def side_by_side(left: np.ndarray, right: np.ndarray) -> np.ndarray:
 
 def overlay_png(display: np.ndarray, amap: np.ndarray, vmin: float | None, vmax: float | None,
                 threshold: float | None) -> bytes:
-    """PNG of the image beside its heat map; without a scale the map spans its own range."""
+    """PNG of the image beside its heat map; a bound not given is the map's own (as padim's overlay.normalise)."""
     finite = amap[np.isfinite(amap)]
-    if vmin is None or vmax is None:
-        vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    vmin = float(vmin) if vmin is not None else min(low, float(vmax) if vmax is not None else low)
+    vmax = float(vmax) if vmax is not None else max(high, vmin)
     buf = io.BytesIO()
     Image.fromarray(side_by_side(display, blend(display, amap, vmin, vmax, threshold))).save(buf, format="PNG")
     return buf.getvalue()

@@ -57,7 +57,7 @@ from padim_runtime.bundle import BundleError, check_name
 from padim_runtime.drift import DEFAULT_WINDOW, DriftMonitor
 from padim_runtime.image import MAX_PIXELS
 from padim_runtime.metrics import CONTENT_TYPE, ModelStats, exposition
-from padim_runtime.overlay import overlay_png
+from padim_runtime.overlay import calibrated_scale, overlay_png
 from padim_runtime.page import render_page, template
 from padim_runtime.predictor import Predictor
 from padim_runtime.uploads import MiB, Decoded, decode_upload, fail, read_upload_within
@@ -109,9 +109,8 @@ class Served:
         return self.predictor.reasons[0] in parts, self.predictor.reasons[1] in parts
 
     def scale(self) -> tuple[float | None, float | None]:
-        """The overlay's colour scale: 0 .. twice the pixel threshold (the threshold mid-scale), else its own."""
-        cal = self.predictor.calibration
-        return (0.0, 2 * float(cal["pixel_threshold"])) if cal else (None, None)
+        """The overlay's colour scale: the full package's (the pixel threshold mid-scale), else its own."""
+        return calibrated_scale(self.predictor.calibration)
 
 
 def _run_batch(predictor: Predictor, images: list[Decoded]) -> list[Any]:

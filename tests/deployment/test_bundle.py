@@ -136,3 +136,13 @@ def test_the_runtime_runs_with_torch_unimportable(bundle: Path, texture_set: Pat
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert float(out.stdout.strip()) > 0
+
+
+def test_bundle_heat_maps_share_the_full_packages_colour_scale(lite0: PaDiM, bundle: Path) -> None:
+    from padim.reporting.overlay import colour_scale
+    from padim_runtime.overlay import calibrated_scale
+
+    calibration = json.loads((bundle / "bundle.json").read_text())["calibration"]
+    want = colour_scale([], basis="calibration", calibration=lite0.calibration_)
+    assert None not in want and calibrated_scale(calibration) == pytest.approx(want, rel=1e-6)
+    assert calibrated_scale(None) == (None, None)
