@@ -33,6 +33,10 @@ class Follower(OneProcess):
     def merge_frames(self, frames):
         return None
 
+    def share(self, tensor):
+        # What a lead would broadcast in place of the follower's uninitialised tensor: orthonormal components.
+        return torch.eye(*tensor.shape, dtype=tensor.dtype)
+
 
 def test_the_shards_say_which_images_a_process_fits(train) -> None:
     shared = PaDiM(**TINY).fit(train, shards=FirstHalf())
