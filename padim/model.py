@@ -284,10 +284,6 @@ class PaDiM(CheckedParameters, FittedNetworkViews):
                           PadimWarning, stacklevel=3)
         self.calibration_ = None
 
-    def pooled_stats(self, items: list) -> GaussianStats:
-        """Mean and scatter of all patch embeddings of all images, pooled over positions (for PCA)."""
-        return fitting.pooled_stats(self._embeddings(items, "pca"), int(self.channel_indices_.numel()), self.device)
-
     def merge(self, other: "PaDiM") -> "PaDiM":
         """Add another model's statistics (fitted separately on other images) to this one."""
         self._require_fitted()
