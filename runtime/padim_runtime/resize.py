@@ -1,8 +1,8 @@
-"""Bicubic resizing that equals PyTorch's F.interpolate(mode="bicubic", align_corners=False), as matrices.
+"""Bicubic resizing that equals PyTorch's F.interpolate(mode="bicubic", align_corners=False), as banded weights.
 
 The full package resizes with PyTorch (antialiased when an image shrinks on either axis); the runtime
-must give the same pixels without torch, so each axis becomes one (n_out, n_in) weight matrix built
-from the same kernels: Keys' cubic convolution with A = -0.75 and clamped borders without antialias,
+must give the same pixels without torch, so each axis becomes (n_out, n_in) weights built from the same
+kernels, applied as bands: Keys' cubic convolution with A = -0.75 and clamped borders without antialias,
 and PIL's cubic filter (a = -0.5) stretched over the shrink factor with antialias.
 """
 
@@ -48,11 +48,6 @@ def _matrices(n_in: int, n_out: int, antialias: bool) -> tuple[np.ndarray, np.nd
         out[i, lo:hi] = w / total if total != 0 else w
         taps[i, lo:hi] = True
     return out, taps
-
-
-def resize_matrix(n_in: int, n_out: int, antialias: bool) -> np.ndarray:
-    """(n_out, n_in) float64 weights of one axis of PyTorch's bicubic resize."""
-    return _matrices(n_in, n_out, antialias)[0]
 
 
 @lru_cache(maxsize=64)
