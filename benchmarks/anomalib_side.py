@@ -55,7 +55,7 @@ import traceback
 from pathlib import Path
 
 from padim import paper
-from padim.evaluation.paper_tables import reset_peak_rss as peak_reset
+from padim.plan import reset_peak_rss as peak_reset
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = {

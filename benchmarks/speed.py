@@ -177,7 +177,7 @@ def padim_worker(config: str, engine: str, paths: dict[str, Path], contention: b
     import torch
 
     from padim import PaDiM
-    from padim.evaluation.paper_tables import peak_rss_mb, reset_peak_rss
+    from padim.plan import peak_rss_mb, reset_peak_rss
 
     train, test = np.load(paths["train"]), np.load(paths["test"])
     params = CONFIGS[config]
@@ -238,7 +238,7 @@ def before_worker(config: str, paths: dict[str, Path]) -> dict:
 
     import padim
     from padim import PaDiM
-    from padim.evaluation.paper_tables import peak_rss_mb, reset_peak_rss
+    from padim.plan import peak_rss_mb, reset_peak_rss
 
     train, test = np.load(paths["train"]), np.load(paths["test"])
     params = CONFIGS[config]
@@ -275,7 +275,7 @@ def anomalib_worker(config: str, paths: dict[str, Path], weights: Path) -> dict:
         warnings.simplefilter("ignore")
         from anomalib.models.image.padim.torch_model import PadimModel
 
-    from padim.evaluation.paper_tables import peak_rss_mb, reset_peak_rss
+    from padim.plan import peak_rss_mb, reset_peak_rss
     from padim.data import Preprocess
 
     spec = json.loads((weights.with_suffix(".json")).read_text())

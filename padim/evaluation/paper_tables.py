@@ -20,7 +20,7 @@ from padim.evaluation.transforms import nonaligned, transform_masks
 from padim.errors import InputError
 from padim.evaluation.metrics import au_pro, image_auroc, pixel_auroc
 from padim.model import PaDiM
-from padim.plan import peak_rss_mb, reset_peak_rss  # noqa: F401 - measured here, and by benchmarks/
+from padim.plan import peak_rss_mb, reset_peak_rss
 
 
 @dataclass(frozen=True)
