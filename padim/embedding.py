@@ -89,6 +89,25 @@ def _on_grid(fmap: torch.Tensor, idx: torch.Tensor, h: int, w: int) -> torch.Ten
     return grid.index_select(1, nearest_index(fw, w).to(grid.device))
 
 
+def native_blocks(kept: list[torch.Tensor], tap_grids: list[tuple[int, int]],
+                  grid: tuple[int, int]) -> tuple[tuple[int, int, int, int], ...]:
+    """Per tap with kept channels: (first, end) channel in the embedding and the (row, column) step that
+    reads its values back once each from the (h, w) grid (a deeper tap repeated over s x s blocks: step s).
+
+    Reading every s-th position of such a tap's channels gives the multiset of its values with every
+    multiplicity divided by s*s, so means and standard deviations over positions are unchanged. A
+    non-integer ratio (PyTorch's nearest gather repeats rows unevenly) gets step 1: every position.
+    """
+    blocks, c0 = [], 0
+    for idx, (fh, fw) in zip(kept, tap_grids):
+        if not idx.numel():
+            continue
+        steps = [n // f if n % f == 0 else 1 for n, f in zip(grid, (fh, fw))]
+        blocks.append((c0, c0 + int(idx.numel()), steps[0], steps[1]))
+        c0 += int(idx.numel())
+    return tuple(blocks)
+
+
 def positions_to_maps(embedding: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """Positions-first (h*w, B, d) embeddings as (B, d, h, w) maps (a copy).
 

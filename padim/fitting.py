@@ -15,7 +15,7 @@ import torch
 
 from padim.data import Batch, check_finite
 from padim.errors import PadimError, PadimWarning
-from padim.frame import FrameStats, frame_contrast
+from padim.frame import Blocks, FrameStats, frame_contrast, frame_descriptors
 from padim.gaussian import BatchBuffer, GaussianStats
 from padim.network import PadimNet
 
@@ -74,12 +74,23 @@ def _finite(embeddings: Embeddings) -> Embeddings:
 
 
 def accumulate(embeddings: Embeddings, stats: GaussianStats, frame: FrameStats | None,
-               std: tuple[float, float, float]) -> GaussianStats:
-    """Add every batch to the per-position statistics (and the frame statistics, given the pixels' std)."""
+               std: tuple[float, float, float], *, grid: tuple[int, int] | None = None,
+               blocks: Blocks | None = None) -> GaussianStats:
+    """Add every batch to the per-position statistics (and the frame statistics, given the pixels' std).
+
+    `grid` and `blocks` (PadimNet.grid, PadimNet.descriptor_blocks) let the frame descriptors read
+    each tap at its own resolution.
+    """
     buffer = BatchBuffer(stats)
-    for batch, emb in _finite(embeddings):
-        if frame is not None:  # before the buffer: the same embeddings, in the same pass
-            frame.update(emb, frame_contrast(batch.pixels, std))
+    for batch, emb in embeddings:
+        if frame is None:
+            check_finite(emb.sum(dim=(0, 2)), batch)  # NaN/inf anywhere makes an image's sum non-finite
+        else:  # before the buffer: the same embeddings, in the same pass
+            descriptors = frame_descriptors(emb, grid, blocks)
+            # Every embedding value is a copy of a value the descriptors' means add up, so they are
+            # non-finite exactly when the embedding is: the check costs no pass of its own.
+            check_finite(descriptors, batch)
+            frame.update(descriptors, frame_contrast(batch.pixels, std))
         buffer.add(emb)
     buffer.flush()
     return stats

@@ -47,17 +47,41 @@ UNLIKE = "frame unlike any training image"
 ABOVE = "anomaly score above threshold"
 
 
-def frame_descriptors(embedding: torch.Tensor) -> torch.Tensor:
-    """(B, 2d) float64: each channel's mean and standard deviation over the positions of (P, B, d) embeddings."""
-    # Sums over positions as products with a ones vector (two passes: mean, then centred squares):
+Blocks = tuple[tuple[int, int, int, int], ...]
+
+
+def frame_descriptors(embedding: torch.Tensor, grid: tuple[int, int] | None = None,
+                      blocks: Blocks | None = None) -> torch.Tensor:
+    """(B, 2d) float64: each channel's mean and standard deviation over the positions of (P, B, d) embeddings.
+
+    With the (h, w) grid and the network's blocks (padim.embedding.native_blocks) a deeper tap's
+    channels are read at their own resolution (Lite0: 4.3x fewer numbers); the result is the same.
+    """
+    p, b, d = embedding.shape
+    if grid is None or blocks is None:
+        mean, std = _moments(embedding.reshape(p, b * d), in_place=False)
+        return torch.cat([mean.view(b, d), std.view(b, d)], dim=1).to(STATS_DTYPE)
+    on_grid = embedding.view(*grid, b, d)
+    parts = [_moments(on_grid[::sh, ::sw, :, c0:c1].reshape(-1, b * (c1 - c0)), in_place=True)
+             for c0, c1, sh, sw in blocks]
+    mean = torch.cat([m.view(b, -1) for m, _ in parts], dim=1)
+    std = torch.cat([s.view(b, -1) for _, s in parts], dim=1)
+    return torch.cat([mean, std], dim=1).to(STATS_DTYPE)
+
+
+def _moments(flat: torch.Tensor, *, in_place: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and (population) standard deviation of every column of (n, m) float32 values.
+
+    in_place=True may overwrite `flat` (pass a copy, never an engine's output buffer).
+    """
+    # Sums over rows as products with a ones vector (two passes: mean, then centred squares):
     # torch.std_mean over the leading dimension ran at 96 ms a batch of 32 at 3136 x 176, this at 34 ms,
     # within 1e-6 relative of float64.
-    p, b, d = embedding.shape
-    flat = embedding.reshape(p, b * d)
-    ones = flat.new_ones(1, p)
-    mean = (ones @ flat) / p
-    var = (ones @ (flat - mean).square_()) / p
-    return torch.cat([mean.view(b, d), var.sqrt().view(b, d)], dim=1).to(STATS_DTYPE)
+    n = flat.shape[0]
+    ones = flat.new_ones(1, n)
+    mean = (ones @ flat) / n
+    centred = flat.sub_(mean) if in_place and flat._base is None else flat - mean
+    return mean[0], ((ones @ centred.square_()) / n).sqrt_()[0]
 
 
 def frame_contrast(pixels: torch.Tensor, std: tuple[float, float, float]) -> torch.Tensor:
@@ -102,9 +126,9 @@ class FrameStats:
         """Number of training frames."""
         return self.gaussian.n
 
-    def update(self, embedding: torch.Tensor, contrast: torch.Tensor) -> None:
-        """Add a batch: positions-first (P, B, d) embeddings and the frames' (B,) contrasts."""
-        self.gaussian.update(frame_descriptors(embedding).to(self.gaussian.mean.device)[None])
+    def update(self, descriptors: torch.Tensor, contrast: torch.Tensor) -> None:
+        """Add a batch: the frames' (B, 2d) descriptors (frame_descriptors) and their (B,) contrasts."""
+        self.gaussian.update(descriptors.to(self.gaussian.mean.device)[None])
         if contrast.numel():
             self.contrast_min = min(self.contrast_min, float(contrast.min()))
 
@@ -167,9 +191,9 @@ class FrameModel:
             raise InputError("frame covariance is not positive definite: the features contain NaN/inf or eps is too small")
         return cls(stats.gaussian.mean[0].clone(), lower, stats.contrast_min)
 
-    def scores(self, embedding: torch.Tensor) -> torch.Tensor:
-        """(B,) Mahalanobis distance of each frame's summary (from (P, B, d) embeddings) to the training frames'."""
-        centred = frame_descriptors(embedding).to(self.mean.device) - self.mean
+    def scores(self, descriptors: torch.Tensor) -> torch.Tensor:
+        """(B,) Mahalanobis distance of each frame's (B, 2d) descriptors (frame_descriptors) to the training frames'."""
+        centred = descriptors.to(self.mean.device) - self.mean
         z = torch.linalg.solve_triangular(self.cholesky, centred.T, upper=False)
         return z.norm(dim=0)
 

@@ -275,7 +275,8 @@ class PaDiM(CheckedParameters, FittedNetworkViews):
 
     def accumulate(self, items: list, stats: GaussianStats, frame: FrameStats | None = None) -> GaussianStats:
         """Add the embeddings of images to per-position statistics (and frame statistics), batch by batch."""
-        return fitting.accumulate(self._embeddings(items, "fit"), stats, frame, self.preprocessing.std)
+        return fitting.accumulate(self._embeddings(items, "fit"), stats, frame, self.preprocessing.std,
+                                  grid=self.net_.grid, blocks=self.net_.descriptor_blocks)
 
     def _discard_calibration(self) -> None:
         """New statistics change the score distribution: thresholds set before no longer hold."""

@@ -7,7 +7,7 @@ from torch import nn
 
 from padim import staircase
 from padim.backbone import Backbone, spec_for
-from padim.embedding import positions_to_maps, random_channels, split_by_tap
+from padim.embedding import native_blocks, positions_to_maps, random_channels, split_by_tap
 from padim.engine import TapEmbedding
 from padim.errors import NotFittedError, PadimError
 from padim.scoring import image_scores, mahalanobis_distance, patch_distances, smooth_maps, smoothing_matrices, split_mean
@@ -31,7 +31,9 @@ class PadimNet(nn.Module):
         self.sigma = float(sigma)
         self.size = tuple(size)
         with torch.no_grad():
-            self.grid = tuple(backbone.extractor(torch.zeros(1, 3, *self.size))[0].shape[-2:])
+            tap_grids = [tuple(m.shape[-2:]) for m in backbone.extractor(torch.zeros(1, 3, *self.size))]
+        self.grid = tap_grids[0]
+        self._native_blocks = native_blocks(self.features.kept, tap_grids, self.grid)
         m_h, m_w = smoothing_matrices(self.grid, self.size, self.sigma)
         self.register_buffer("channel_indices", channel_indices.clone())
         self.register_buffer("mean", torch.empty(0, dtype=torch.float64))
@@ -61,6 +63,11 @@ class PadimNet(nn.Module):
             self.register_buffer(f"factor_{j}", blk)
         self.n_stairs = len(stairs)
         self.mean_hi, self.mean_lo = split_mean(mean)
+
+    @property
+    def descriptor_blocks(self) -> tuple[tuple[int, int, int, int], ...] | None:
+        """Where each tap's channels lie in the embeddings, for padim.frame.frame_descriptors (None under PCA)."""
+        return None if self.projection.numel() else self._native_blocks
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the PCA projection, if any, to positions-first (P, B, D) embeddings."""

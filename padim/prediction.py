@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from padim.data import Batch, Preprocess, check_finite
-from padim.frame import FrameModel, frame_contrast, frame_reasons
+from padim.frame import FrameModel, frame_contrast, frame_descriptors, frame_reasons
 from padim.utils.constraints import check_threshold
 
 # What a detector yields per batch: (batch, maps (B, H, W), scores (B,), more per-image arrays by name).
@@ -58,7 +58,8 @@ def scored_batches(embedded: Iterable[tuple[Batch, torch.Tensor]], net: Any, fra
         contrast = frame_contrast(batch.pixels, std)
         checks = {"contrast": contrast.cpu().numpy(), "frame_scores": None, "blank": None}
         if frame is not None:  # before scoring: score_positions centres the embeddings in place
-            checks["frame_scores"] = frame.scores(emb).cpu().numpy()
+            descriptors = frame_descriptors(emb, net.grid, net.descriptor_blocks)
+            checks["frame_scores"] = frame.scores(descriptors).cpu().numpy()
             checks["blank"] = frame.blank(contrast).cpu().numpy()
         with torch.no_grad():
             maps, scores = net.score_positions(emb)

@@ -16,7 +16,11 @@ from PIL import Image
 from padim import PaDiM, PadimError
 from padim.errors import PadimWarning
 from padim.cli import main
-from padim.frame import BLANK, UNLIKE, FrameStats, oas_weight, shrunk_covariance
+from padim.data import as_items
+from padim.embedding import embed_positions, native_blocks, split_by_tap
+from padim.errors import InputError
+from padim.fitting import accumulate
+from padim.frame import BLANK, UNLIKE, FrameStats, frame_descriptors, oas_weight, shrunk_covariance
 from padim.gaussian import GaussianStats
 from padim.modelfile import CHECKSUM_KEY, read_model, tensor_sha256
 from padim.evaluation.synthetic import load_split, make_inspection_set
@@ -293,3 +297,41 @@ def test_scores_table_and_service_report_the_reason(fitted, texture_set: Path, t
     with TestClient(create_app(fitted)) as client:
         body = client.post("/predict", files={"file": ("gray.png", gray.read_bytes(), "image/png")}).json()
     assert body["reason"] == BLANK and body["frame_score"] > 0
+
+
+# ----------------------------------------------------------------------------- descriptors at each tap's resolution
+@pytest.mark.parametrize("grid_size, tap_sizes", [(16, (16, 8, 4)), (13, (13, 7, 4)), (12, (12, 6, 5))])
+def test_descriptors_read_at_each_taps_resolution_equal_a_float64_computation(grid_size, tap_sizes) -> None:
+    gen = torch.Generator().manual_seed(0)
+    maps = [torch.randn(3, c, s, s, generator=gen) * (1 + i) + 5 * i for i, (c, s) in enumerate(zip((5, 7, 9), tap_sizes))]
+    kept = split_by_tap(torch.tensor([0, 2, 4, 5, 6, 9, 12, 13, 14, 15, 20]), (5, 7, 9))
+    emb = embed_positions(maps, kept)  # (P, B, d) on the first tap's grid
+    before = emb.clone()
+    grid = (grid_size, grid_size)
+    blocks = native_blocks(kept, [m.shape[-2:] for m in maps], grid)
+    got = frame_descriptors(emb, grid, blocks)
+    x = emb.double()
+    want = torch.cat([x.mean(0), x.std(0, correction=0)], dim=1)
+    tol = 2e-6 * float(want.abs().max())  # float32 sums, float64 reference
+    assert torch.allclose(got, want, rtol=0, atol=tol)
+    assert torch.allclose(frame_descriptors(emb), want, rtol=0, atol=tol)
+    assert torch.equal(emb, before)  # the engine's buffer is never overwritten
+    steps = [(sh, sw) for _, _, sh, sw in blocks]
+    assert steps[0] == (1, 1) and all(grid_size % s == 0 or (sh, sw) == (1, 1)
+                                      for s, (sh, sw) in zip(tap_sizes[1:], steps[1:]))
+
+
+def test_a_nan_in_a_deep_taps_repeated_patch_is_refused_naming_the_image(split) -> None:
+    model = PaDiM(**TINY)
+    model._init_network()
+    stats, frames = model.empty_stats(), FrameStats.empty(model.empty_stats().dim)
+    batches = list(model._embeddings(as_items(split[0][:4]), "fit"))
+    batch, emb = batches[0]
+    emb = emb.clone()
+    (h, w), (*_, sh, sw) = model.net_.grid, model.net_.descriptor_blocks[-1]
+    assert sh > 1 and sw > 1  # the deepest tap is read at its own resolution
+    # a NaN in the deepest tap's last patch, repeated over the positions it covers, as the engine repeats it
+    emb.view(h, w, emb.shape[1], -1)[h - sh :, w - sw :, 2, -1] = float("nan")
+    with pytest.raises(InputError, match=batch.names[2]):
+        accumulate([(batch, emb)], stats, frames, model.preprocessing.std, grid=model.net_.grid,
+                   blocks=model.net_.descriptor_blocks)
