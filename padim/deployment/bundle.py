@@ -97,7 +97,8 @@ def export_bundle(model: PaDiM, folder: str | os.PathLike, half: bool = False) -
                    "encoding": "byte-shuffle+zlib", "layout": "W lower triangle, row-major packed"},
         "calibration": calibration_meta(model),
         "frame": None if frame is None else {"contrast_min": frame.contrast_min,
-                                             "blank_fraction": BLANK_CONTRAST_FRACTION, "reasons": [BLANK, UNLIKE, ABOVE]},
+                                             "blank_fraction": BLANK_CONTRAST_FRACTION, "reasons": [BLANK, UNLIKE, ABOVE],
+                                             "blocks": _blocks(net.descriptor_blocks)},
         "provenance": {"backbone": meta["backbone"], "library_version": meta["library_version"],
                        "n_samples_seen": meta["n_samples_seen"], "created": meta["created"],
                        "eps": meta["eps"], "sigma": meta["sigma"], "seed": meta["seed"]},
@@ -105,6 +106,11 @@ def export_bundle(model: PaDiM, folder: str | os.PathLike, half: bool = False) -
     }
     _write_folder(folder, {**files, MANIFEST: (json.dumps(manifest, indent=2) + "\n").encode()})
     return folder
+
+
+def _blocks(blocks: tuple[tuple[int, int, int, int], ...] | None) -> list[list[int]] | None:
+    """The network's descriptor blocks (padim.embedding.native_blocks) for bundle.json, None under PCA."""
+    return None if blocks is None else [list(b) for b in blocks]
 
 
 def _write_folder(folder: Path, files: dict[str, bytes]) -> None:

@@ -99,8 +99,25 @@ def read_bundle(folder: str | Path) -> Bundle:
         bundle.frame_cholesky = _npy(folder, "frame_cholesky.npy", digests)
         if bundle.frame_mean.shape != (2 * d,) or bundle.frame_cholesky.shape != (2 * d, 2 * d):
             raise BundleError(f"{folder}: frame check tensors do not match d={d}")
+        _check_blocks(folder, manifest["frame"].get("blocks"), (h, w), d)
     if bundle.mean.shape != (h * w, d) or factor.shape != (h * w, d * (d + 1) // 2):
         raise BundleError(f"{folder}: tensor shapes do not match the manifest's grid {h}x{w} and d={d}")
     if not (np.isfinite(bundle.mean).all() and np.isfinite(factor).all()):
         raise BundleError(f"{folder}: the Gaussians contain NaN or inf")
     return bundle
+
+
+def _check_blocks(folder: Path, blocks: Any, grid: tuple[int, int], d: int) -> None:
+    """Refuse descriptor blocks that do not tile the d channels in order with steps dividing the grid."""
+    if blocks is None:
+        return
+    end = 0
+    for block in blocks if isinstance(blocks, list) else [None]:
+        ok = (isinstance(block, list) and len(block) == 4 and all(isinstance(v, int) for v in block)
+              and block[0] == end and block[1] > block[0]
+              and all(s >= 1 and n % s == 0 for s, n in zip(block[2:], grid)))
+        if not ok:
+            raise BundleError(f"{folder}: bundle.json frame blocks {blocks!r} do not fit the grid {grid[0]}x{grid[1]} and d={d}")
+        end = block[1]
+    if end != d:
+        raise BundleError(f"{folder}: bundle.json frame blocks cover {end} of d={d} channels")

@@ -122,17 +122,36 @@ class Predictor:
         square = np.einsum("bcp,bcp->bc", flat, flat).astype(np.float64) / flat.shape[2]
         contrast = (np.sqrt(np.maximum(square - flat.mean(axis=2).astype(np.float64) ** 2, 0)) * std).max(axis=1)
         blank = contrast < frame["blank_fraction"] * frame["contrast_min"]
-        p, b, d = emb.shape
-        rows = emb.reshape(p, b * d)
-        ones = np.ones((1, p), emb.dtype)
-        mean = (ones @ rows) / p
-        centred = rows - mean
-        var = (ones @ np.square(centred, out=centred)) / p
-        summary = np.concatenate([mean.reshape(b, d), np.sqrt(var).reshape(b, d)], axis=1).astype(np.float64)
+        summary = descriptors(emb, self.scorer.grid, frame.get("blocks"))
         z = np.linalg.solve(self.bundle.frame_cholesky, (summary - self.bundle.frame_mean).T)
         scores = np.linalg.norm(z, axis=0)
         limit = None if self.calibration is None else self.calibration.get("frame_threshold")
         return blank, (scores > limit) if limit is not None else np.zeros(n, bool), scores
+
+
+def descriptors(emb: np.ndarray, grid: tuple[int, int], blocks: list[list[int]] | None) -> np.ndarray:
+    """(B, 2d) float64 per-channel mean and std over positions of (P, B, d) embeddings (padim.frame.frame_descriptors).
+
+    With the bundle's blocks, a deeper tap's channels are read once per patch of their own grid
+    (every s-th position): the same numbers, a fraction of the reads.
+    """
+    p, b, d = emb.shape
+    if blocks is None:
+        mean, std = _moments(emb.reshape(p, b * d), b)
+    else:
+        on_grid = emb.reshape(*grid, b, d)
+        parts = [_moments(on_grid[::sh, ::sw, :, c0:c1].reshape(-1, b * (c1 - c0)), b) for c0, c1, sh, sw in blocks]
+        mean, std = (np.concatenate(column, axis=1) for column in zip(*parts))
+    return np.concatenate([mean, std], axis=1).astype(np.float64)
+
+
+def _moments(rows: np.ndarray, b: int) -> tuple[np.ndarray, np.ndarray]:
+    """(B, c) mean and standard deviation of the (n, B*c) rows' columns (ones-vector products, as padim.frame)."""
+    ones = np.ones((1, rows.shape[0]), rows.dtype)
+    mean = (ones @ rows) / rows.shape[0]
+    centred = rows - mean
+    var = (ones @ np.square(centred, out=centred)) / rows.shape[0]
+    return mean.reshape(b, -1), np.sqrt(var).reshape(b, -1)
 
 
 def _items(images: Any) -> list[tuple[str, Any]]:

@@ -14,7 +14,7 @@ import torch
 from padim import PaDiM
 from padim.deployment.bundle import bundle_size, export_bundle
 from padim.cli import main
-from padim.data import resize
+from padim.data import as_items, resize
 from padim.evaluation.synthetic import load_split
 
 RUNTIME = Path(__file__).resolve().parents[2] / "runtime"
@@ -146,3 +146,32 @@ def test_bundle_heat_maps_share_the_full_packages_colour_scale(lite0: PaDiM, bun
     want = colour_scale([], basis="calibration", calibration=lite0.calibration_)
     assert None not in want and calibrated_scale(calibration) == pytest.approx(want, rel=1e-6)
     assert calibrated_scale(None) == (None, None)
+
+
+def test_the_runtime_reads_each_tap_at_its_own_resolution_with_the_same_descriptors(lite0: PaDiM, bundle: Path,
+                                                                                  texture_set: Path) -> None:
+    from padim_runtime.predictor import descriptors
+
+    blocks = json.loads((bundle / "bundle.json").read_text())["frame"]["blocks"]
+    assert blocks == [list(b) for b in lite0.net_.descriptor_blocks] and blocks[-1][2:] == [4, 4]
+    _, test, _ = load_split(texture_set)
+    batch, emb = next(lite0._embeddings(as_items(test[:4]), "frame"))
+    emb = emb.numpy().copy()
+    whole = descriptors(emb, lite0.net_.grid, None)
+    assert np.abs(descriptors(emb, lite0.net_.grid, blocks) - whole).max() <= 2e-6 * np.abs(whole).max()
+
+
+@pytest.mark.parametrize("blocks, problem", [([[0, 24, 1, 1], [24, 64, 3, 3], [64, 176, 4, 4]], "do not fit"),
+                                             ([[0, 24, 1, 1], [30, 176, 2, 2]], "do not fit"),
+                                             ([[0, 24, 1, 1], [24, 64, 2, 2]], "cover 64 of d=176"),
+                                             ("all", "do not fit")])
+def test_bad_descriptor_blocks_are_refused(bundle: Path, tmp_path: Path, blocks, problem: str) -> None:
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(bundle, bad)
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    manifest["frame"]["blocks"] = blocks
+    (bad / "bundle.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=problem):
+        padim_runtime.load(bad)
