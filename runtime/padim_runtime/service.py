@@ -151,8 +151,8 @@ def create_app(bundles: dict[str, Predictor], default: str | None = None, window
     lim = _check_limits(limits)
     model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="padim-run-infer")
     decode_pool = ThreadPoolExecutor(max_workers=lim["decode_workers"], thread_name_prefix="padim-run-decode")
-    models = {name: Served(name, p, Batcher(lambda imgs, p=p: _run_batch(p, imgs), model_thread, lim["max_batch"],
-                                            lim["max_wait_ms"]),
+    models = {name: Served(name, p, Batcher(lambda imgs, p=p: _run_batch(p, imgs), executor=model_thread,
+                                            max_batch=lim["max_batch"], max_wait_ms=lim["max_wait_ms"]),
                            DriftMonitor(p.calibration, window, min(window, 50) if min_count is None else min_count),
                            ModelStats(), describe(p))
               for name, p in bundles.items()}

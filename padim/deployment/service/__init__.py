@@ -50,8 +50,9 @@ except ImportError as _exc:  # pragma: no cover - exercised only without the ext
         f"({_exc.name} is missing)"
     ) from _exc
 
+from padim_runtime.batching import BatchInfo, Batcher
+
 from padim.deployment.service.app import create_app, describe_model, listen, render_overlay, running_in_thread, serve
-from padim.deployment.service.batcher import BatchInfo, Batcher
 from padim.deployment.service.limits import LIMIT_CONSTRAINTS, Limits
 from padim.deployment.service.page import VERDICT_COLOURS, render_page
 from padim.deployment.service.uploads import DecodedImage, decode_image, read_upload, read_upload_within

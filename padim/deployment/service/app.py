@@ -23,7 +23,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 from starlette.requests import ClientDisconnect
 
-from padim.deployment.service.batcher import BatchInfo, Batcher
+from padim_runtime.batching import BatchInfo, Batcher
+
 from padim.deployment.service.limits import Limits
 from padim.deployment.service.page import PAGE_HEADERS, render_page
 from padim.deployment.service.uploads import DecodedImage, client_address, decode_image, http_error, read_upload_within
