@@ -60,7 +60,7 @@ from padim_runtime.metrics import CONTENT_TYPE, ModelStats, exposition
 from padim_runtime.overlay import calibrated_scale, overlay_png
 from padim_runtime.page import render_page, template
 from padim_runtime.predictor import Predictor
-from padim_runtime.uploads import MiB, Decoded, decode_upload, fail, read_upload_within
+from padim_runtime.uploads import MiB, Decoded, client_address, decode_upload, fail, read_upload_within
 
 LIMITS = {"max_upload_bytes": 20 * MiB, "max_pixels": MAX_PIXELS, "max_batch": 8, "max_wait_ms": 10.0,
           "max_queue": 64, "decode_workers": 2, "max_overlay_side": 1024, "body_timeout_s": 30.0,
@@ -239,7 +239,7 @@ def create_app(bundles: dict[str, Predictor], default: str | None = None, window
         """Receive, decode, score and answer one upload."""
         t0 = time.perf_counter()
         overlay, as_png = _query(request)
-        client = request.client.host if request.client else "unknown"
+        client = client_address(request)
         uploading: Counter[str] = state["uploading"]
         if uploading[client] >= lim["max_uploads_per_client"]:
             raise fail(429, f"too many uploads at once from {client} (limit {lim['max_uploads_per_client']}), "
@@ -337,13 +337,13 @@ def _body(served: Served, result: Any, image: Decoded, batch_size: int, timing: 
     return body
 
 
-def listen(host: str, port: int) -> socket.socket:
-    """A listening socket, or a one-line BundleError (address in use, unknown host...)."""
+def listen(host: str, port: int, error: type[Exception] = BundleError) -> socket.socket:
+    """A listening socket, or a one-line `error` (address in use, unknown host...)."""
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         return socket.create_server((host, port), family=family, backlog=2048)
     except (OSError, OverflowError) as exc:
-        raise BundleError(f"cannot listen on {host}:{port}: {getattr(exc, 'strerror', None) or exc}") from None
+        raise error(f"cannot listen on {host}:{port}: {getattr(exc, 'strerror', None) or exc}") from None
 
 
 def serve(bundles: dict[str, Predictor], host: str = "127.0.0.1", port: int = 8000, access_log: bool = True,

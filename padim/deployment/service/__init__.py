@@ -51,11 +51,12 @@ except ImportError as _exc:  # pragma: no cover - exercised only without the ext
     ) from _exc
 
 from padim_runtime.batching import BatchInfo, Batcher
+from padim_runtime.uploads import read_upload, read_upload_within
 
 from padim.deployment.service.app import create_app, describe_model, listen, render_overlay, running_in_thread, serve
 from padim.deployment.service.limits import LIMIT_CONSTRAINTS, Limits
 from padim.deployment.service.page import VERDICT_COLOURS, render_page
-from padim.deployment.service.uploads import DecodedImage, decode_image, read_upload, read_upload_within
+from padim.deployment.service.uploads import DecodedImage, decode_image
 
 __all__ = ["LIMIT_CONSTRAINTS", "VERDICT_COLOURS", "BatchInfo", "Batcher", "DecodedImage", "Limits", "create_app",
            "decode_image", "describe_model", "listen", "read_upload", "read_upload_within", "render_overlay",
