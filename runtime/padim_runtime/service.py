@@ -58,15 +58,13 @@ from padim_runtime.drift import DEFAULT_WINDOW, DriftMonitor
 from padim_runtime.image import MAX_PIXELS
 from padim_runtime.metrics import CONTENT_TYPE, ModelStats, exposition
 from padim_runtime.overlay import calibrated_scale, overlay_png
-from padim_runtime.page import render_page, template
+from padim_runtime.page import page_headers, render_page, template
 from padim_runtime.predictor import Predictor
 from padim_runtime.uploads import MiB, Decoded, client_address, decode_upload, fail, read_upload_within
 
 LIMITS = {"max_upload_bytes": 20 * MiB, "max_pixels": MAX_PIXELS, "max_batch": 8, "max_wait_ms": 10.0,
           "max_queue": 64, "decode_workers": 2, "max_overlay_side": 1024, "body_timeout_s": 30.0,
           "max_uploads_per_client": 8}
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-       "base-uri 'none'; form-action 'none'")
 ASSETS = {"page.css": "text/css; charset=utf-8", "page.js": "text/javascript; charset=utf-8"}
 log = logging.getLogger("uvicorn.error")
 
@@ -225,7 +223,7 @@ def create_app(bundles: dict[str, Predictor], default: str | None = None, window
     async def page() -> HTMLResponse:
         """Drop an image, see the overlay, the verdict and the drift panel."""
         return HTMLResponse(render_page({n: s.info for n, s in models.items()}, default),
-                            headers={"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff"})
+                            headers=page_headers(inline=False))
 
     @app.get("/assets/{asset}")
     async def assets(asset: str) -> Response:

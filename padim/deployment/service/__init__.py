@@ -31,9 +31,10 @@ Memory stays bounded whatever the clients do (the limits are ``Limits``, checked
 Scores are exactly those of ``model.predict`` on the same file: the early shrink is the first step of
 the model's own preprocessing (same bicubic, antialiased resize), so repeating it is the identity.
 
-Modules: ``app`` (the routes, ``create_app``, ``serve``), ``limits``, ``batcher`` (a generic
-micro-batcher), ``uploads`` (reading and decoding uploads) and ``page`` (the web page, from the
-package data files ``templates/page.html``, ``page.css`` and ``page.js``).
+Modules: ``app`` (the routes, ``create_app``, ``serve``), ``limits``, ``uploads`` (decoding uploads) and
+``page`` (the web page). The generic parts are padim-runtime's, which ``padim-run serve`` uses too:
+``padim_runtime.batching`` (the micro-batcher), ``padim_runtime.uploads`` (reading uploads) and
+``padim_runtime.page`` (the page, from its package data ``templates/page.html``, ``page.css`` and ``page.js``).
 """
 
 try:  # the optional `serve` extra

@@ -24,11 +24,12 @@ from PIL import Image
 from starlette.requests import ClientDisconnect
 
 from padim_runtime.batching import BatchInfo, Batcher
+from padim_runtime.page import page_headers
 from padim_runtime.service import listen as listen_on
 from padim_runtime.uploads import client_address, fail, read_upload_within
 
 from padim.deployment.service.limits import Limits
-from padim.deployment.service.page import PAGE_HEADERS, render_page
+from padim.deployment.service.page import render_page
 from padim.deployment.service.uploads import DecodedImage, decode_image
 from padim.errors import PadimEnvironmentError, PadimError
 
@@ -222,7 +223,7 @@ def _routes(app: FastAPI, service: Service, version: str) -> None:
     @app.get("/", response_class=HTMLResponse)
     async def page() -> HTMLResponse:
         """Drop an image, see the overlay and the verdict (`?demo=/same/origin/image.png` submits one)."""
-        return HTMLResponse(render_page(service.info), headers=PAGE_HEADERS)
+        return HTMLResponse(render_page(service.info), headers=page_headers(inline=True))
 
     @app.post("/predict")
     async def predict(
