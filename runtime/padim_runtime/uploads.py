@@ -25,6 +25,7 @@ from padim_runtime.resize import resize
 
 MiB = 1024 * 1024
 MULTIPART_SLACK = 64 * 1024  # room for the multipart boundaries and part headers around the file
+BUSY = {"Retry-After": "1", "Connection": "close"}  # the headers of 429 and 503 answers: retry soon, anew
 HOW_TO_UPLOAD = ("send multipart/form-data with the image in a field named 'file', or the image bytes "
                  "with Content-Type image/* or application/octet-stream")
 

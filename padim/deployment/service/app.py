@@ -26,14 +26,13 @@ from starlette.requests import ClientDisconnect
 from padim_runtime.batching import BatchInfo, Batcher
 from padim_runtime.page import page_headers
 from padim_runtime.service import listen as listen_on
-from padim_runtime.uploads import client_address, fail, read_upload_within
+from padim_runtime.uploads import BUSY, client_address, fail, read_upload_within
 
 from padim.deployment.service.limits import Limits
 from padim.deployment.service.page import render_page
 from padim.deployment.service.uploads import DecodedImage, decode_image
 from padim.errors import PadimEnvironmentError, PadimError
 
-BUSY = {"Retry-After": "1", "Connection": "close"}
 log = logging.getLogger("uvicorn.error")  # the server's log: its handlers and format
 
 
@@ -142,8 +141,8 @@ class Service:
         if self.uploading[client] >= per_client:
             raise fail(429, f"too many uploads at once from {client} (limit {per_client}), retry shortly", **BUSY)
         if self.counts["pending"] >= queue:
-            raise fail(503, f"busy: {self.counts['pending']} requests in progress (limit {queue}), "
-                                  "retry shortly", **BUSY)
+            raise fail(503, f"busy: {self.counts['pending']} requests in progress (limit {queue}), retry shortly",
+                       **BUSY)
 
     async def receive(self, request: Request, client: str) -> tuple[bytes, str]:
         """The upload, counted against its client's bound while it arrives."""
