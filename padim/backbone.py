@@ -62,6 +62,14 @@ class BackboneSpec:
     download_hint: str = ""
 
 
+def _torchvision_resnet(name: str, n_features: int, weights_file: str) -> BackboneSpec:
+    """A torchvision ResNet with the paper's taps, its weights found as the torch hub, PyTorch's downloads
+    and timm's `.tv_in1k` copy name them."""
+    return BackboneSpec(name, name, paper.RESNET_LAYERS, n_features, hub_files=(weights_file,),
+                        hf_repos=(f"timm/{name}.tv_in1k",),
+                        download_hint=f"https://download.pytorch.org/models/{weights_file}")
+
+
 BACKBONES: dict[str, BackboneSpec] = {
     spec.name: spec
     for spec in (
@@ -70,24 +78,8 @@ BACKBONES: dict[str, BackboneSpec] = {
             "tf_efficientnet_lite0",
             ("blocks.1", "blocks.2", "blocks.4"),  # strides 4, 8, 16 like the ResNets' layer1-3
         ),
-        BackboneSpec(
-            "resnet18",
-            "resnet18",
-            paper.RESNET_LAYERS,
-            paper.RD_RESNET18,
-            hub_files=("resnet18-f37072fd.pth",),
-            hf_repos=("timm/resnet18.tv_in1k",),
-            download_hint="https://download.pytorch.org/models/resnet18-f37072fd.pth",
-        ),
-        BackboneSpec(
-            "wide_resnet50_2",
-            "wide_resnet50_2",
-            paper.RESNET_LAYERS,
-            paper.RD_WIDE_RESNET50,
-            hub_files=("wide_resnet50_2-95faca4d.pth",),
-            hf_repos=("timm/wide_resnet50_2.tv_in1k",),
-            download_hint="https://download.pytorch.org/models/wide_resnet50_2-95faca4d.pth",
-        ),
+        _torchvision_resnet("resnet18", paper.RD_RESNET18, "resnet18-f37072fd.pth"),
+        _torchvision_resnet("wide_resnet50_2", paper.RD_WIDE_RESNET50, "wide_resnet50_2-95faca4d.pth"),
         BackboneSpec(
             "efficientnet_b5",
             "tf_efficientnet_b5",

@@ -1,9 +1,15 @@
-"""padim.__all__ is exactly the public surface, and the version has one source."""
+"""padim.__all__ is exactly the public surface, the version has one source, the runtime pin matches the runtime."""
 
 from importlib import metadata
+from pathlib import Path
+
+import pytest
 
 import padim
 import padim.errors
+import padim_runtime
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _public(module) -> set[str]:
@@ -32,3 +38,10 @@ def test_errors_form_one_hierarchy():
 
 def test_installed_version_is_the_package_version():
     assert metadata.version("torch-padim") == padim.__version__
+
+
+def test_the_runtime_pin_is_the_runtime_version():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    pins = [d for d in dependencies if d.startswith("padim-runtime")]
+    assert pins == [f"padim-runtime=={padim_runtime.__version__}"]

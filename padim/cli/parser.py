@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from padim_runtime.argtypes import positive_int, positive_seconds
+
 from padim import paper
 
 EXIT_BAD_INPUT = 2  # bad input, a bad model file or an environment problem (disk, memory, device)
@@ -43,33 +45,11 @@ def _n_features(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"expected an integer or 'all', got {text!r}") from None
 
 
-def _positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _positive_seconds(text: str) -> float:
-    """argparse type: a finite number of seconds > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
-    return value
-
-
 def _add_max_pixels(parser: argparse.ArgumentParser) -> None:
     """The --max-pixels option of the commands that decode images."""
     from padim.images import DEFAULT_MAX_PIXELS
 
-    parser.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS,
+    parser.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
                         help=f"largest image decoded, in pixels, checked from its header (default: {DEFAULT_MAX_PIXELS})")
 
 
@@ -109,7 +89,7 @@ def _common() -> argparse.ArgumentParser:
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     common.add_argument("--engine", default=AUTO, choices=(AUTO, *ENGINES),
                         help="runtime of the backbone (default: auto, the fastest exact one installed)")
-    common.add_argument("--threads", type=_positive_int, help="CPU threads (default: the CPUs this process may use)")
+    common.add_argument("--threads", type=positive_int, help="CPU threads (default: the CPUs this process may use)")
     return common
 
 
@@ -187,7 +167,7 @@ def _add_evaluate(sub: Any, common: argparse.ArgumentParser) -> None:
     evaluate = _model_command(sub, "evaluate", "image AUROC, pixel AUROC and AU-PRO on test sets", common)
     evaluate.add_argument("datasets", nargs="+", help="MVTec-layout category folders (or STC roots with --stc)")
     evaluate.add_argument("--stc", action="store_true", help="the datasets are ShanghaiTech Campus roots")
-    evaluate.add_argument("--test-stride", type=_positive_int, default=1, help="STC: use every Nth test frame")
+    evaluate.add_argument("--test-stride", type=positive_int, default=1, help="STC: use every Nth test frame")
     evaluate.add_argument("-o", "--output", default="padim-evaluation", help="folder for evaluation.json / .md")
     _add_max_pixels(evaluate)
 
@@ -200,17 +180,17 @@ def _add_benchmark(sub: Any, common: argparse.ArgumentParser) -> None:
     bench.add_argument("--config", default="r18-rd100", help="PaDiM's paper configuration (default: r18-rd100)")
     bench.add_argument("--method", type=_methods, default=("padim",),
                        help="padim, spade, vae or a comma-separated list: one table each, then a combined one")
-    bench.add_argument("--vae-epochs", type=_positive_int, default=paper.VAE_EPOCHS,
+    bench.add_argument("--vae-epochs", type=positive_int, default=paper.VAE_EPOCHS,
                        help=f"VAE training epochs (paper: {paper.VAE_EPOCHS})")
-    bench.add_argument("--vae-images", type=_positive_int, default=paper.VAE_TRAIN_IMAGES,
+    bench.add_argument("--vae-images", type=positive_int, default=paper.VAE_TRAIN_IMAGES,
                        help=f"augmented VAE training images per epoch (paper: {paper.VAE_TRAIN_IMAGES})")
     bench.add_argument("--checkpoints", help="folder for VAE checkpoints: an interrupted run resumes from them")
     bench.add_argument("--categories", type=lambda s: s.split(","), help="MVTec categories (default: all present)")
-    bench.add_argument("--seeds", type=_positive_int, default=1, help="average Rd over this many seeds (the paper: 10)")
+    bench.add_argument("--seeds", type=positive_int, default=1, help="average Rd over this many seeds (the paper: 10)")
     bench.add_argument("--non-aligned", action="store_true", help="Section V-C: random rotation and crop")
     bench.add_argument("--table", help="paper table to compare with (default: the config's first)")
-    bench.add_argument("--train-stride", type=_positive_int, default=1, help="STC: use every Nth training frame")
-    bench.add_argument("--test-stride", type=_positive_int, default=1, help="STC: use every Nth test frame")
+    bench.add_argument("--train-stride", type=positive_int, default=1, help="STC: use every Nth training frame")
+    bench.add_argument("--test-stride", type=positive_int, default=1, help="STC: use every Nth test frame")
     bench.add_argument("-o", "--output", default="padim-benchmark", help="folder for results (JSON + Markdown)")
 
 
@@ -240,9 +220,9 @@ def _add_serve(sub: Any, common: argparse.ArgumentParser) -> None:
     serve.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
     serve.add_argument("--max-upload-mb", type=float, default=20, help="largest accepted upload in MiB (default: 20)")
     serve.add_argument("--max-batch", type=int, default=8, help="most requests scored in one forward pass (default: 8)")
-    serve.add_argument("--body-timeout", type=_positive_seconds, default=30.0, metavar="SECONDS",
+    serve.add_argument("--body-timeout", type=positive_seconds, default=30.0, metavar="SECONDS",
                        help="an upload not received within this is answered 408 and its connection closed (default: 30)")
-    serve.add_argument("--max-uploads-per-client", type=_positive_int, default=8, metavar="N",
+    serve.add_argument("--max-uploads-per-client", type=positive_int, default=8, metavar="N",
                        help="uploads received at once from one client address; more are answered 429 (default: 8)")
     serve.add_argument("--api-docs", action="store_true", help="serve FastAPI's /docs, /redoc and /openapi.json (default: off)")
     _add_max_pixels(serve)

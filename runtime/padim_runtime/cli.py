@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from padim_runtime.argtypes import positive_int, positive_seconds
 from padim_runtime.bundle import NAME_CHARS, BundleError, check_name
 from padim_runtime.drift import DEFAULT_WINDOW
 from padim_runtime.image import MAX_PIXELS
@@ -117,28 +118,6 @@ def cmd_serve(args: argparse.Namespace) -> None:
           max_uploads_per_client=args.max_uploads_per_client)
 
 
-def _positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _positive_seconds(text: str) -> float:
-    """An argparse type: a finite number of seconds > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (value > 0 and value != float("inf")):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
 def _add_serve(sub: Any) -> None:
     """The serve subcommand's arguments."""
     serve = sub.add_parser("serve", help="HTTP API, page, drift and /metrics (needs the 'serve' extra)")
@@ -147,15 +126,15 @@ def _add_serve(sub: Any) -> None:
     serve.add_argument("--default", metavar="NAME", help="the bundle POST /predict uses when several are served")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1: this machine)")
     serve.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
-    serve.add_argument("--window", type=_positive_int, default=DEFAULT_WINDOW, metavar="N",
+    serve.add_argument("--window", type=positive_int, default=DEFAULT_WINDOW, metavar="N",
                        help="drift: the last N scores of each bundle against its calibration (default: %(default)s)")
     serve.add_argument("--max-upload-mb", type=float, default=20, help="largest accepted upload in MiB (default: 20)")
-    serve.add_argument("--max-pixels", type=_positive_int, default=MAX_PIXELS,
+    serve.add_argument("--max-pixels", type=positive_int, default=MAX_PIXELS,
                        help=f"largest accepted image in pixels, read from its header (default: {MAX_PIXELS:,})")
-    serve.add_argument("--max-batch", type=_positive_int, default=8, help="most requests in one pass (default: 8)")
-    serve.add_argument("--body-timeout", type=_positive_seconds, default=30.0, metavar="SECONDS",
+    serve.add_argument("--max-batch", type=positive_int, default=8, help="most requests in one pass (default: 8)")
+    serve.add_argument("--body-timeout", type=positive_seconds, default=30.0, metavar="SECONDS",
                        help="an upload not received within this is answered 408, its connection closed (default: 30)")
-    serve.add_argument("--max-uploads-per-client", type=_positive_int, default=8, metavar="N",
+    serve.add_argument("--max-uploads-per-client", type=positive_int, default=8, metavar="N",
                        help="uploads received at once from one client address; more are answered 429 (default: 8)")
     serve.add_argument("--engine", choices=["auto", "openvino", "onnxruntime"], default="auto")
     serve.add_argument("--quiet", action="store_true", help="no access log")

@@ -58,15 +58,13 @@ from padim_runtime.drift import DEFAULT_WINDOW, DriftMonitor
 from padim_runtime.image import MAX_PIXELS
 from padim_runtime.metrics import CONTENT_TYPE, ModelStats, exposition
 from padim_runtime.overlay import calibrated_scale, overlay_png
-from padim_runtime.page import render_page, template
+from padim_runtime.page import page_headers, render_page, template
 from padim_runtime.predictor import Predictor
-from padim_runtime.uploads import MiB, Decoded, decode_upload, fail, read_upload_within
+from padim_runtime.uploads import BUSY, MiB, Decoded, client_address, decode_upload, fail, read_upload_within
 
 LIMITS = {"max_upload_bytes": 20 * MiB, "max_pixels": MAX_PIXELS, "max_batch": 8, "max_wait_ms": 10.0,
           "max_queue": 64, "decode_workers": 2, "max_overlay_side": 1024, "body_timeout_s": 30.0,
           "max_uploads_per_client": 8}
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-       "base-uri 'none'; form-action 'none'")
 ASSETS = {"page.css": "text/css; charset=utf-8", "page.js": "text/javascript; charset=utf-8"}
 log = logging.getLogger("uvicorn.error")
 
@@ -151,8 +149,8 @@ def create_app(bundles: dict[str, Predictor], default: str | None = None, window
     lim = _check_limits(limits)
     model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="padim-run-infer")
     decode_pool = ThreadPoolExecutor(max_workers=lim["decode_workers"], thread_name_prefix="padim-run-decode")
-    models = {name: Served(name, p, Batcher(lambda imgs, p=p: _run_batch(p, imgs), model_thread, lim["max_batch"],
-                                            lim["max_wait_ms"]),
+    models = {name: Served(name, p, Batcher(lambda imgs, p=p: _run_batch(p, imgs), executor=model_thread,
+                                            max_batch=lim["max_batch"], max_wait_ms=lim["max_wait_ms"]),
                            DriftMonitor(p.calibration, window, min(window, 50) if min_count is None else min_count),
                            ModelStats(), describe(p))
               for name, p in bundles.items()}
@@ -225,7 +223,7 @@ def create_app(bundles: dict[str, Predictor], default: str | None = None, window
     async def page() -> HTMLResponse:
         """Drop an image, see the overlay, the verdict and the drift panel."""
         return HTMLResponse(render_page({n: s.info for n, s in models.items()}, default),
-                            headers={"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff"})
+                            headers=page_headers(inline=False))
 
     @app.get("/assets/{asset}")
     async def assets(asset: str) -> Response:
@@ -239,14 +237,14 @@ def create_app(bundles: dict[str, Predictor], default: str | None = None, window
         """Receive, decode, score and answer one upload."""
         t0 = time.perf_counter()
         overlay, as_png = _query(request)
-        client = request.client.host if request.client else "unknown"
+        client = client_address(request)
         uploading: Counter[str] = state["uploading"]
         if uploading[client] >= lim["max_uploads_per_client"]:
             raise fail(429, f"too many uploads at once from {client} (limit {lim['max_uploads_per_client']}), "
-                            "retry shortly", **{"Retry-After": "1", "Connection": "close"})
+                            "retry shortly", **BUSY)
         if state["pending"] >= lim["max_queue"]:
             raise fail(503, f"busy: {state['pending']} requests in progress (limit {lim['max_queue']}), retry shortly",
-                       **{"Retry-After": "1", "Connection": "close"})
+                       **BUSY)
         state["pending"] += 1
         try:
             uploading[client] += 1
@@ -337,13 +335,13 @@ def _body(served: Served, result: Any, image: Decoded, batch_size: int, timing: 
     return body
 
 
-def listen(host: str, port: int) -> socket.socket:
-    """A listening socket, or a one-line BundleError (address in use, unknown host...)."""
+def listen(host: str, port: int, error: type[Exception] = BundleError) -> socket.socket:
+    """A listening socket, or a one-line `error` (address in use, unknown host...)."""
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         return socket.create_server((host, port), family=family, backlog=2048)
     except (OSError, OverflowError) as exc:
-        raise BundleError(f"cannot listen on {host}:{port}: {getattr(exc, 'strerror', None) or exc}") from None
+        raise error(f"cannot listen on {host}:{port}: {getattr(exc, 'strerror', None) or exc}") from None
 
 
 def serve(bundles: dict[str, Predictor], host: str = "127.0.0.1", port: int = 8000, access_log: bool = True,

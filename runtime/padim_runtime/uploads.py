@@ -1,8 +1,8 @@
-"""Uploads for `padim-run serve`: the request body read within limits, and the image decoded as `padim serve` does.
+"""Uploads: the request body read within limits (for `padim serve` and `padim-run serve`), the image decoded.
 
-Bad requests become one-line HTTP errors with the same status codes as the main package's service:
-400 malformed multipart, 408 body not in within the timeout, 413 too many bytes or pixels, 415 a content type
-that is not an image, 422 no image or one that does not decode.
+Bad requests become one-line HTTP errors with the same status codes in both services: 400 malformed multipart,
+408 body not in within the timeout, 413 too many bytes or pixels, 415 a content type that is not an image,
+422 no image or one that does not decode. The reading is shared; `padim serve` decodes with torch itself.
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ from padim_runtime.image import RASTER_FORMATS, from_pil
 from padim_runtime.resize import resize
 
 MiB = 1024 * 1024
-MULTIPART_SLACK = 64 * 1024  # the multipart envelope around the file: boundaries and part headers
-HOW = ("send multipart/form-data with the image in a field named 'file', or the image bytes "
-       "with Content-Type image/* or application/octet-stream")
+MULTIPART_SLACK = 64 * 1024  # room for the multipart boundaries and part headers around the file
+BUSY = {"Retry-After": "1", "Connection": "close"}  # the headers of 429 and 503 answers: retry soon, anew
+HOW_TO_UPLOAD = ("send multipart/form-data with the image in a field named 'file', or the image bytes "
+                 "with Content-Type image/* or application/octet-stream")
 
 
 def fail(status: int, message: str, **headers: str) -> HTTPException:
@@ -35,10 +36,12 @@ def fail(status: int, message: str, **headers: str) -> HTTPException:
 
 
 def size_text(n_bytes: float) -> str:
-    """A byte count for people: '20 MiB', '97.7 KiB', '900 bytes'."""
+    """Bytes for people: '20 MiB', '512 KiB', '900 bytes'."""
     if n_bytes >= MiB:
         return f"{n_bytes / MiB:.3g} MiB"
-    return f"{n_bytes / 1024:.3g} KiB" if n_bytes >= 1024 else f"{int(n_bytes)} bytes"
+    if n_bytes >= 1024:
+        return f"{n_bytes / 1024:.3g} KiB"
+    return f"{int(n_bytes)} bytes"
 
 
 def clean_name(name: str | None) -> str:
@@ -47,72 +50,92 @@ def clean_name(name: str | None) -> str:
     return "".join(c if c.isprintable() else "?" for c in base)[:120] or "upload"
 
 
+def client_address(request: Request) -> str:
+    """The client's address (the proxy's, unless uvicorn trusts its forwarded headers)."""
+    return request.client.host if request.client else "unknown"
+
+
+# --------------------------------------------------------------------------------------- reading uploads
 class _TooLarge(Exception):
-    """The body passed its byte limit."""
+    """The body grew past its limit."""
 
 
 async def _capped(stream: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
-    """A request body that stops with _TooLarge once it passes `limit` bytes."""
-    seen = 0
+    """The request body, abandoned as soon as it exceeds `limit` bytes."""
+    total = 0
     async for chunk in stream:
-        seen += len(chunk)
-        if seen > limit:
+        total += len(chunk)
+        if total > limit:
             raise _TooLarge
         yield chunk
 
 
 def _is_image_type(media: str) -> bool:
-    """Whether a media type may carry an image."""
+    """image/* or application/octet-stream."""
     return media.startswith("image/") or media == "application/octet-stream"
 
 
-async def _read_multipart(request: Request, max_bytes: int, limit: int) -> tuple[bytes, str]:
-    """The first file of a multipart body."""
+def _media_type(content_type: str | None, default: str = "") -> str:
+    """A Content-Type without its parameters, lower-case."""
+    return (content_type or default).split(";")[0].strip().lower()
+
+
+async def _read_multipart(request: Request, max_bytes: int, limit: int, too_large: str) -> tuple[bytes, str]:
+    """The first file of a multipart/form-data body."""
     parser = MultiPartParser(request.headers, _capped(request.stream(), limit), max_files=1, max_fields=16)
     try:
         form = await parser.parse()
     except _TooLarge:
-        raise fail(413, f"upload exceeds the limit of {size_text(max_bytes)}") from None
+        raise fail(413, too_large) from None
     except MultiPartException as exc:
         raise fail(400, f"malformed multipart upload: {exc.message}") from None
     try:
-        files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
+        files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
         if not files:
-            raise fail(422, f"no image uploaded: {HOW}")
+            raise fail(422, f"no image uploaded: {HOW_TO_UPLOAD}")
         name = clean_name(files[0].filename)
-        media = (files[0].content_type or "application/octet-stream").split(";")[0].strip().lower()
-        if not _is_image_type(media):
-            raise fail(415, f"{name}: content type {media!r} is not an image; upload image/* (PNG, JPEG, BMP, "
-                            "TIFF, WebP) or application/octet-stream")
+        part_type = _media_type(files[0].content_type, "application/octet-stream")
+        if not _is_image_type(part_type):
+            raise fail(415, f"{name}: content type {part_type!r} is not an image; "
+                            "upload image/* (PNG, JPEG, BMP, TIFF, WebP) or application/octet-stream")
         data = await files[0].read()
     finally:
         await form.close()
     if len(data) > max_bytes:
-        raise fail(413, f"{name}: {size_text(len(data))} exceeds the limit of {size_text(max_bytes)}")
+        raise fail(413, f"{name}: {size_text(len(data))} {too_large.replace('upload ', '')}")
     return data, name
 
 
-async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, str]:
-    """The uploaded image's bytes and name: a multipart field, or the raw body with an image content type."""
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    limit = max_bytes + (MULTIPART_SLACK if media == "multipart/form-data" else 0)
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise fail(413, f"upload exceeds the limit of {size_text(max_bytes)} "
-                        f"(Content-Length {size_text(int(declared))})")
-    if media == "multipart/form-data":
-        return await _read_multipart(request, max_bytes, limit)
-    if media == "application/x-www-form-urlencoded":
-        raise fail(422, f"no image uploaded (a url-encoded form carries no file): {HOW}")
+async def _read_raw(request: Request, media: str, limit: int, too_large: str) -> tuple[bytes, str]:
+    """The body itself as the image, named by the X-Filename header."""
+    if media == "application/x-www-form-urlencoded":  # a form, but one that cannot carry a file
+        raise fail(422, f"no image uploaded (a url-encoded form carries no file): {HOW_TO_UPLOAD}")
     if media and not _is_image_type(media):
-        raise fail(415, f"content type {media!r} is not an image: {HOW}")
+        raise fail(415, f"content type {media!r} is not an image: {HOW_TO_UPLOAD}")
     try:
         data = b"".join([chunk async for chunk in _capped(request.stream(), limit)])
     except _TooLarge:
-        raise fail(413, f"upload exceeds the limit of {size_text(max_bytes)}") from None
+        raise fail(413, too_large) from None
     if not media:
-        raise fail(415 if data else 422, ("missing Content-Type: " if data else "no image uploaded: ") + HOW)
+        raise fail(415 if data else 422, ("missing Content-Type: " if data else "no image uploaded: ") + HOW_TO_UPLOAD)
     return data, clean_name(request.headers.get("x-filename"))
+
+
+async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, str]:
+    """The uploaded image's bytes and name: a multipart field, or the raw body with an image content type.
+
+    Bad requests are 400 (malformed multipart), 413 (past `max_bytes`), 415 (not an image type) or 422 (no image).
+    """
+    media = _media_type(request.headers.get("content-type"))
+    multipart = media == "multipart/form-data"
+    limit = max_bytes + (MULTIPART_SLACK if multipart else 0)
+    too_large = f"upload exceeds the limit of {size_text(max_bytes)}"
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise fail(413, f"{too_large} (Content-Length {size_text(int(declared))})")
+    if multipart:
+        return await _read_multipart(request, max_bytes, limit, too_large)
+    return await _read_raw(request, media, limit, too_large)
 
 
 async def read_upload_within(request: Request, max_bytes: int, timeout_s: float) -> tuple[bytes, str]:
@@ -124,6 +147,7 @@ async def read_upload_within(request: Request, max_bytes: int, timeout_s: float)
                    Connection="close") from None
 
 
+# --------------------------------------------------------------------------------------- decoding
 @dataclass
 class Decoded:
     """An upload decoded and shrunk at once to the model's resize size (and a display copy for the overlay)."""

@@ -7,6 +7,7 @@ main environment.
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import os
@@ -25,6 +26,17 @@ needs_bundle = pytest.mark.skipif(not (BUNDLE and EXPECTED), reason="set PADIM_R
 
 def test_the_environment_has_no_torch_timm_or_scipy() -> None:
     assert all(importlib.util.find_spec(name) is None for name in ("torch", "timm", "scipy"))
+
+
+def test_the_runtime_never_imports_padim() -> None:
+    """torch-padim builds on the runtime, never the other way round (padim pulls in torch)."""
+    found = []
+    for path in sorted(Path(padim_runtime.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            found += [f"{path.name}:{node.lineno} {n}" for n in names if n.split(".")[0] == "padim"]
+    assert found == []
 
 
 @needs_bundle

@@ -17,13 +17,12 @@ from padim.cli import main
 from padim.data import as_items, resize
 from padim.evaluation.synthetic import load_split
 
-RUNTIME = Path(__file__).resolve().parents[2] / "runtime"
-sys.path.insert(0, str(RUNTIME))
+import padim_runtime
+from padim_runtime.bundle import BundleError
+from padim_runtime.cli import main as run_main
+from padim_runtime.resize import resize as np_resize
 
-import padim_runtime  # noqa: E402
-from padim_runtime.bundle import BundleError  # noqa: E402
-from padim_runtime.cli import main as run_main  # noqa: E402
-from padim_runtime.resize import resize as np_resize  # noqa: E402
+RUNTIME = Path(__file__).resolve().parents[2] / "runtime"
 
 
 @pytest.fixture(scope="module")

@@ -124,7 +124,7 @@ def test_page_comes_from_its_template_files_filled_in(client: TestClient) -> Non
     page = client.get("/").text
     assert not PLACEHOLDER.search(page)
     for name in ("page.css", "page.js"):
-        assert read_template("padim.deployment.service", name).strip() in page
+        assert read_template("padim_runtime", name).strip() in page
     for verdict, colour in VERDICT_COLOURS.items():  # the banner colours the Chromium test looks for
         assert f"#verdict.{verdict}{{background:{colour}}}" in page
     assert 'data-crop-note=""' in page  # the test model has no centre crop: no note in the legend

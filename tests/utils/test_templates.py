@@ -7,8 +7,8 @@ import pytest
 from padim.utils.templates import PLACEHOLDER, fill, read_template, template_parts
 
 SHIPPED = [("padim.reporting", "report.html"), ("padim.reporting", "report.css"), ("padim.reporting", "parts.html"),
-           ("padim.deployment.service", "page.html"), ("padim.deployment.service", "page.css"),
-           ("padim.deployment.service", "page.js")]
+           ("padim_runtime", "page.html"), ("padim_runtime", "page.css"),
+           ("padim_runtime", "page.js")]
 
 
 def test_fill_replaces_every_placeholder_and_only_those() -> None:

@@ -31,9 +31,10 @@ Memory stays bounded whatever the clients do (the limits are ``Limits``, checked
 Scores are exactly those of ``model.predict`` on the same file: the early shrink is the first step of
 the model's own preprocessing (same bicubic, antialiased resize), so repeating it is the identity.
 
-Modules: ``app`` (the routes, ``create_app``, ``serve``), ``limits``, ``batcher`` (a generic
-micro-batcher), ``uploads`` (reading and decoding uploads) and ``page`` (the web page, from the
-package data files ``templates/page.html``, ``page.css`` and ``page.js``).
+Modules: ``app`` (the routes, ``create_app``, ``serve``), ``limits``, ``uploads`` (decoding uploads) and
+``page`` (the web page). The generic parts are padim-runtime's, which ``padim-run serve`` uses too:
+``padim_runtime.batching`` (the micro-batcher), ``padim_runtime.uploads`` (reading uploads) and
+``padim_runtime.page`` (the page, from its package data ``templates/page.html``, ``page.css`` and ``page.js``).
 """
 
 try:  # the optional `serve` extra
@@ -50,11 +51,13 @@ except ImportError as _exc:  # pragma: no cover - exercised only without the ext
         f"({_exc.name} is missing)"
     ) from _exc
 
+from padim_runtime.batching import BatchInfo, Batcher
+from padim_runtime.uploads import read_upload, read_upload_within
+
 from padim.deployment.service.app import create_app, describe_model, listen, render_overlay, running_in_thread, serve
-from padim.deployment.service.batcher import BatchInfo, Batcher
 from padim.deployment.service.limits import LIMIT_CONSTRAINTS, Limits
 from padim.deployment.service.page import VERDICT_COLOURS, render_page
-from padim.deployment.service.uploads import DecodedImage, decode_image, read_upload, read_upload_within
+from padim.deployment.service.uploads import DecodedImage, decode_image
 
 __all__ = ["LIMIT_CONSTRAINTS", "VERDICT_COLOURS", "BatchInfo", "Batcher", "DecodedImage", "Limits", "create_app",
            "decode_image", "describe_model", "listen", "read_upload", "read_upload_within", "render_overlay",

@@ -23,13 +23,16 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 from starlette.requests import ClientDisconnect
 
-from padim.deployment.service.batcher import BatchInfo, Batcher
+from padim_runtime.batching import BatchInfo, Batcher
+from padim_runtime.page import page_headers
+from padim_runtime.service import listen as listen_on
+from padim_runtime.uploads import BUSY, client_address, fail, read_upload_within
+
 from padim.deployment.service.limits import Limits
-from padim.deployment.service.page import PAGE_HEADERS, render_page
-from padim.deployment.service.uploads import DecodedImage, client_address, decode_image, http_error, read_upload_within
+from padim.deployment.service.page import render_page
+from padim.deployment.service.uploads import DecodedImage, decode_image
 from padim.errors import PadimEnvironmentError, PadimError
 
-BUSY = {"Retry-After": "1", "Connection": "close"}
 log = logging.getLogger("uvicorn.error")  # the server's log: its handlers and format
 
 
@@ -136,10 +139,10 @@ class Service:
         """Refuse a request at once, before its body is read: 429 for a busy client, 503 for a busy server."""
         per_client, queue = self.limits.max_uploads_per_client, self.limits.max_queue
         if self.uploading[client] >= per_client:
-            raise http_error(429, f"too many uploads at once from {client} (limit {per_client}), retry shortly", **BUSY)
+            raise fail(429, f"too many uploads at once from {client} (limit {per_client}), retry shortly", **BUSY)
         if self.counts["pending"] >= queue:
-            raise http_error(503, f"busy: {self.counts['pending']} requests in progress (limit {queue}), "
-                                  "retry shortly", **BUSY)
+            raise fail(503, f"busy: {self.counts['pending']} requests in progress (limit {queue}), retry shortly",
+                       **BUSY)
 
     async def receive(self, request: Request, client: str) -> tuple[bytes, str]:
         """The upload, counted against its client's bound while it arrives."""
@@ -148,7 +151,7 @@ class Service:
             return await read_upload_within(request, self.limits.max_upload_bytes, self.limits.body_timeout_s)
         except ClientDisconnect:
             log.warning("%s disconnected during the upload to %s: request dropped", client, request.url.path)
-            raise http_error(400, "client disconnected during the upload") from None
+            raise fail(400, "client disconnected during the upload") from None
         finally:
             self.uploading[client] -= 1
             if self.uploading[client] <= 0:
@@ -164,7 +167,7 @@ class Service:
         try:
             return await self.batcher.submit(image.model_input)
         except PadimError as exc:
-            raise http_error(422, f"{image.name}: {exc}") from None
+            raise fail(422, f"{image.name}: {exc}") from None
 
     async def overlay(self, image: DecodedImage, result: dict[str, Any]) -> bytes:
         """The overlay PNG on the service's colour scale."""
@@ -219,7 +222,7 @@ def _routes(app: FastAPI, service: Service, version: str) -> None:
     @app.get("/", response_class=HTMLResponse)
     async def page() -> HTMLResponse:
         """Drop an image, see the overlay and the verdict (`?demo=/same/origin/image.png` submits one)."""
-        return HTMLResponse(render_page(service.info), headers=PAGE_HEADERS)
+        return HTMLResponse(render_page(service.info), headers=page_headers(inline=True))
 
     @app.post("/predict")
     async def predict(
@@ -264,12 +267,7 @@ def create_app(model: Any, *, api_docs: bool = False, **limits: Any) -> FastAPI:
 # --------------------------------------------------------------------------------------- running it
 def listen(host: str, port: int) -> socket.socket:
     """A listening socket, or a one-line PadimEnvironmentError (address in use, unknown host...)."""
-    try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        return socket.create_server((host, port), family=family, backlog=2048)
-    except (OSError, OverflowError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
-        raise PadimEnvironmentError(f"cannot listen on {host}:{port}: {reason}") from None
+    return listen_on(host, port, error=PadimEnvironmentError)
 
 
 def serve(model: Any, *, host: str = "127.0.0.1", port: int = 8000, access_log: bool = True, **limits: Any) -> None:

@@ -7,8 +7,9 @@ from dataclasses import asdict, dataclass
 from numbers import Integral
 from typing import Any
 
+from padim_runtime.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS
+
 from padim.images import DEFAULT_MAX_PIXELS
-from padim.deployment.service.batcher import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS
 from padim.deployment.service.uploads import DEFAULT_MAX_UPLOAD, MAX_OVERLAY_SIDE
 from padim.utils.constraints import Rule, check_value, real
 

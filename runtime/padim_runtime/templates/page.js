@@ -1,10 +1,10 @@
 "use strict";
 const $ = (id) => document.getElementById(id);
-const about = JSON.parse(document.body.dataset.about);
-const crop = JSON.parse(document.body.dataset.crop);
-const drop = $("drop"), input = $("file"), select = $("model");
+const models = JSON.parse(document.body.dataset.models);  // name -> about, crop_note, route (its routes' prefix)
+const drop = $("drop"), input = $("file"), select = $("model"), legend = $("legend");
+const drift = !$("drift").hidden;  // a server without drift monitoring hides the panel
 const model = () => select.value;
-const route = (what) => "models/" + encodeURIComponent(model()) + "/" + what;
+const route = (what) => models[model()].route + what;
 
 drop.addEventListener("click", () => input.click());
 drop.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") input.click(); });
@@ -13,7 +13,8 @@ for (const t of ["dragenter", "dragover"]) drop.addEventListener(t, (e) => { e.p
 for (const t of ["dragleave", "drop"]) drop.addEventListener(t, (e) => { e.preventDefault(); drop.classList.remove("over"); });
 drop.addEventListener("drop", (e) => { const f = e.dataTransfer.files[0]; if (f) send(f, f.name); });
 select.addEventListener("change", () => {
-  $("about").textContent = about[model()];
+  $("about").textContent = models[model()].about;
+  legend.dataset.cropNote = models[model()].crop_note;
   for (const id of ["verdict", "overlay"]) $(id).style.display = "none";
   for (const id of ["details", "legend", "error", "status"]) $(id).textContent = "";
   refreshDrift();
@@ -72,9 +73,8 @@ function show(b, name) {
   };
   img.src = "data:image/png;base64," + b.overlay_png_base64;
   img.style.display = "block";
-  $("legend").textContent = "left: the image; right: anomaly heat map (blue = normal, red = anomalous)" +
-    (b.pixel_threshold === null ? "" : ", red contour = pixels above the pixel threshold") +
-    (crop[model()] ? "; dark frame = outside the model's centre crop, not inspected" : "");
+  legend.textContent = "left: the image; right: anomaly heat map (blue = normal, red = anomalous)" +
+    (b.pixel_threshold === null ? "" : ", red contour = pixels above the pixel threshold") + legend.dataset.cropNote;
   $("status").textContent = "";
 }
 
@@ -119,14 +119,17 @@ function showDrift(d) {
 }
 
 async function refreshDrift() {
+  if (!drift) return;
   try {
     const response = await fetch(route("drift"));
     if (response.ok) showDrift(await response.json());
   } catch (e) { /* the next refresh tries again */ }
 }
 
-refreshDrift();
-setInterval(refreshDrift, 5000);
+if (drift) {
+  refreshDrift();
+  setInterval(refreshDrift, 5000);
+}
 
 const demo = new URLSearchParams(location.search).get("demo");
 if (demo) {
