@@ -44,6 +44,10 @@ CPU_ORDER = ("openvino", "onnxruntime", "torch-fast", "torch")
 EXACTNESS = 1e-4
 ONNX_OPSET = 17
 _MAX_COMPILED = 6  # OpenVINO: batch sizes compiled statically at once (others share a dynamic one)
+# OpenVINO runs larger batches as sub-batches of this size: on a 2-core AVX-512 CPU Lite0 ran as fast at 8 as
+# at 32 (197-228 against 185-214 img/s) while a model compiled for 32 held 278-318 MB of activations, for 8
+# 73-114 MB; and most batches then share one compiled model (fewer compilations, benchmarks/README.md).
+OPENVINO_SUB_BATCH = 8
 
 
 class TapEmbedding(nn.Module):
@@ -228,6 +232,7 @@ class OpenVinoEngine(Engine):
                        "INFERENCE_NUM_THREADS": threads, "ENABLE_CPU_PINNING": False}
         self.compiled: OrderedDict[int, Any] = OrderedDict()
         self.dynamic: Any = None
+        self._gathered: torch.Tensor | None = None
 
     def _request(self, batch: int) -> Any:
         """The infer request for this batch size: static shapes run faster than a dynamic batch."""
@@ -248,10 +253,31 @@ class OpenVinoEngine(Engine):
         return self.core.compile_model(model, "CPU", self.config).create_infer_request()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Embeddings in the request's own output memory (no copy): valid until the next call."""
+        """Embeddings in the engine's own memory (a request's output, or one buffer per batch size for batches
+        run in sub-batches of OPENVINO_SUB_BATCH): valid until the next call."""
+        batch = int(x.shape[0])
+        if batch <= OPENVINO_SUB_BATCH:
+            return self._infer(x)
+        out = None
+        for start in range(0, batch, OPENVINO_SUB_BATCH):
+            part = self._infer(x[start : start + OPENVINO_SUB_BATCH])
+            if out is None:
+                out = self._output(batch, part)
+            out[:, start : start + part.shape[1]].copy_(part)
+        return out
+
+    def _infer(self, x: torch.Tensor) -> torch.Tensor:
+        """One inference in the request's own output memory (no copy)."""
         request = self._request(int(x.shape[0]))
         request.infer({0: _as_numpy(x)}, share_inputs=True)
         return torch.from_numpy(request.get_output_tensor(0).data)
+
+    def _output(self, batch: int, part: torch.Tensor) -> torch.Tensor:
+        """The reused (P, batch, d) buffer the sub-batches of a batch are gathered in (the last size only)."""
+        shape = (part.shape[0], batch, *part.shape[2:])
+        if self._gathered is None or tuple(self._gathered.shape) != shape:
+            self._gathered = torch.empty(shape, dtype=part.dtype)
+        return self._gathered
 
     def version(self) -> str:
         return self._version.split("-")[0]
@@ -260,6 +286,7 @@ class OpenVinoEngine(Engine):
         """Drop the compiled models (the probe's batch of 2 would otherwise stay compiled: WR50 ~0.2 GB each)."""
         self.compiled.clear()
         self.dynamic = None
+        self._gathered = None
 
 
 def _as_numpy(x: torch.Tensor) -> np.ndarray:
