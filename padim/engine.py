@@ -44,9 +44,11 @@ CPU_ORDER = ("openvino", "onnxruntime", "torch-fast", "torch")
 EXACTNESS = 1e-4
 ONNX_OPSET = 17
 _MAX_COMPILED = 6  # OpenVINO: batch sizes compiled statically at once (others share a dynamic one)
-# OpenVINO runs larger batches as sub-batches of this size: on a 2-core AVX-512 CPU Lite0 ran as fast at 8 as
-# at 32 (197-228 against 185-214 img/s) while a model compiled for 32 held 278-318 MB of activations, for 8
-# 73-114 MB; and most batches then share one compiled model (fewer compilations, benchmarks/README.md).
+# OpenVINO runs larger batches as sub-batches of this size. Lite0 on a 2-core AVX-512 CPU, batches of 32:
+# the same quiet speed at sub-batches of 8, 16 or 32, but a model compiled for 32 holds 278-318 MB of
+# activations, for 16 142 MB, for 8 73-114 MB, and at 8 one compiled model serves every batch (a predict
+# from a file peaked at 1652-1672 MB, not 1851-1903). The price: beside a 2-thread CPU job each extra
+# inference call costs, 0.36-0.43 of the quiet speed against 0.47-0.50 unsplit (benchmarks/README.md).
 OPENVINO_SUB_BATCH = 8
 
 
