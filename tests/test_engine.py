@@ -141,11 +141,13 @@ def test_a_model_fitted_with_one_engine_predicts_with_any_other(demo_category, t
 
 
 @pytest.mark.parametrize("name", [e for e in ENGINES if e in ("openvino", "onnxruntime")])
-def test_transform_keeps_every_batch_with_runtimes_that_reuse_their_output_buffers(name, demo_category) -> None:
+@pytest.mark.parametrize("batch", [4, 2 * OPENVINO_SUB_BATCH])  # the second: OpenVINO's gathering buffer
+def test_transform_keeps_every_batch_with_runtimes_that_reuse_their_output_buffers(name, batch, demo_category) -> None:
     train = load_split(demo_category)[0][:8]
-    model = PaDiM(engine=name, n_features=16, batch_size=4).fit(train)  # two batches of the same shape
-    together = model.transform(train)
-    one_by_one = np.concatenate([model.transform([p]) for p in train])
+    images = (train * 4)[: 2 * batch]  # two batches of the same shape
+    model = PaDiM(engine=name, n_features=16, batch_size=batch).fit(train)
+    together = model.transform(images)
+    one_by_one = np.concatenate([model.transform([p]) for p in images])
     assert float(np.abs(together - one_by_one).max()) <= 1e-4 * float(np.abs(one_by_one).max())
 
 
