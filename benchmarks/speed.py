@@ -3,6 +3,7 @@
     python benchmarks/speed.py                                    # lite0 and r18-rd100, every engine
     python benchmarks/speed.py --configs lite0 --anomalib-python /work/anomalib-venv/bin/python
     python benchmarks/speed.py --before /tmp/padim-before         # + a checkout of an older torch-padim
+    python benchmarks/speed.py --configs lite0 --repeat 3          # 3 interleaved rounds, medians
     python benchmarks/speed.py --configs wr50-rd550 --n 100 --n-test 50 --engines torch,openvino
 
 Images: real photos (scikit-image's brick, grass and gravel textures), random 256x256 crops; N for
@@ -427,6 +428,51 @@ def targets(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def config_round(config: str, paths: dict[str, Path], cache: Path, args: argparse.Namespace) -> list[dict]:
+    """One round of a config: every engine's worker, then the older checkout's and anomalib's (fresh processes)."""
+    rows = []
+    job = {"config": config, "paths": {k: str(v) for k, v in paths.items()}, "contention": not args.no_contention}
+    for engine in args.engines.split(","):
+        row = run([sys.executable, __file__, "--cache", str(cache), "--worker",
+                   json.dumps({**job, "kind": "padim", "engine": engine})])
+        if row:
+            rows.append(row)
+            print(table(rows[-1:]).splitlines()[-1], flush=True)
+    if args.before:
+        row = run([sys.executable, __file__, "--worker", json.dumps({**job, "kind": "before"})],
+                  env={"PYTHONPATH": str(Path(args.before).resolve())})
+        if row:
+            rows.append(row)
+    if args.anomalib_python:
+        weights = shared_weights(config, cache)
+        row = run([args.anomalib_python, __file__, "--worker",
+                   json.dumps({**job, "kind": "anomalib", "weights": str(weights)})])
+        if row:
+            rows.append(row)
+    return rows
+
+
+def medians(rounds: list[list[dict]]) -> list[dict]:
+    """One row per (config, engine): each number the median over the rounds, with fit/predict's range kept."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for rows in rounds:
+        for row in rows:
+            groups.setdefault((row["config"], row["engine"]), []).append(row)
+    out = []
+    for runs in groups.values():
+        row = dict(runs[0])
+        for key, value in runs[0].items():
+            values = [r[key] for r in runs if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)]
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and values:
+                row[key] = statistics.median(values)
+        row["rounds"] = len(runs)
+        for key in ("fit_ips", "predict_ips"):
+            if all(isinstance(r.get(key), (int, float)) for r in runs):
+                row[f"{key}_range"] = [min(r[key] for r in runs), max(r[key] for r in runs)]
+        out.append(row)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", default="lite0,r18-rd100")
@@ -436,6 +482,8 @@ def main() -> None:
     parser.add_argument("--cache", default="/tmp/padim-speed")
     parser.add_argument("--out", default=str(HERE / "results" / "engines.json"))
     parser.add_argument("--no-contention", action="store_true")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds of every worker, interleaved; each figure is then the median of the rounds")
     parser.add_argument("--anomalib-python", help="python of an environment with anomalib 2.7.0 (+ torch-padim)")
     parser.add_argument("--before", help="a checkout of an older torch-padim to run beside (its repository root)")
     parser.add_argument("--report", action="store_true", help="print the table and targets of the saved results only")
@@ -458,26 +506,11 @@ def main() -> None:
             print(json.dumps(anomalib_worker(job["config"], paths, Path(job["weights"]))))
         return
     paths = make_images(cache, args.n, args.n_test)
-    rows = []
+    rounds: list[list[dict]] = [[] for _ in range(args.repeat)]
     for config in args.configs.split(","):
-        job = {"config": config, "paths": {k: str(v) for k, v in paths.items()}, "contention": not args.no_contention}
-        for engine in args.engines.split(","):
-            row = run([sys.executable, __file__, "--cache", str(cache), "--worker",
-                       json.dumps({**job, "kind": "padim", "engine": engine})])
-            if row:
-                rows.append(row)
-                print(table(rows[-1:]).splitlines()[-1], flush=True)
-        if args.before:
-            row = run([sys.executable, __file__, "--worker", json.dumps({**job, "kind": "before"})],
-                      env={"PYTHONPATH": str(Path(args.before).resolve())})
-            if row:
-                rows.append(row)
-        if args.anomalib_python:
-            weights = shared_weights(config, cache)
-            row = run([args.anomalib_python, __file__, "--worker",
-                       json.dumps({**job, "kind": "anomalib", "weights": str(weights)})])
-            if row:
-                rows.append(row)
+        for rows in rounds:  # round by round, so that a drift of the machine's speed reaches every worker alike
+            rows += config_round(config, paths, cache, args)
+    rows = medians(rounds) if args.repeat > 1 else rounds[0]
     print(table(rows))
     print(targets(rows))
     out = Path(args.out)
