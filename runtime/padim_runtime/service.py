@@ -60,7 +60,7 @@ from padim_runtime.metrics import CONTENT_TYPE, ModelStats, exposition
 from padim_runtime.overlay import calibrated_scale, overlay_png
 from padim_runtime.page import page_headers, render_page, template
 from padim_runtime.predictor import Predictor
-from padim_runtime.uploads import BUSY, MiB, Decoded, client_address, decode_upload, fail, read_upload_within
+from padim_runtime.uploads import BUSY, MiB, Decoded, client_address, decode_upload, drain, fail, read_upload_within
 
 LIMITS = {"max_upload_bytes": 20 * MiB, "max_pixels": MAX_PIXELS, "max_batch": 8, "max_wait_ms": 10.0,
           "max_queue": 64, "decode_workers": 2, "max_overlay_side": 1024, "body_timeout_s": 30.0,
@@ -239,12 +239,16 @@ def create_app(bundles: dict[str, Predictor], default: str | None = None, window
         overlay, as_png = _query(request)
         client = client_address(request)
         uploading: Counter[str] = state["uploading"]
+        refusal = None
         if uploading[client] >= lim["max_uploads_per_client"]:
-            raise fail(429, f"too many uploads at once from {client} (limit {lim['max_uploads_per_client']}), "
-                            "retry shortly", **BUSY)
-        if state["pending"] >= lim["max_queue"]:
-            raise fail(503, f"busy: {state['pending']} requests in progress (limit {lim['max_queue']}), retry shortly",
-                       **BUSY)
+            refusal = fail(429, f"too many uploads at once from {client} (limit {lim['max_uploads_per_client']}), "
+                                "retry shortly", **BUSY)
+        elif state["pending"] >= lim["max_queue"]:
+            refusal = fail(503, f"busy: {state['pending']} requests in progress (limit {lim['max_queue']}), "
+                                "retry shortly", **BUSY)
+        if refusal is not None:
+            await drain(request)
+            raise refusal
         state["pending"] += 1
         try:
             uploading[client] += 1

@@ -8,6 +8,7 @@ Bad requests become one-line HTTP errors with the same status codes in both serv
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import time
 from collections.abc import AsyncIterator
@@ -28,6 +29,26 @@ MULTIPART_SLACK = 64 * 1024  # room for the multipart boundaries and part header
 BUSY = {"Retry-After": "1", "Connection": "close"}  # the headers of 429 and 503 answers: retry soon, anew
 HOW_TO_UPLOAD = ("send multipart/form-data with the image in a field named 'file', or the image bytes "
                  "with Content-Type image/* or application/octet-stream")
+
+
+# A refused request's body is read for at most this much, this long, before the answer: closing a socket
+# with unread data resets the connection, and the client may then never see the 429/503 it was sent.
+DRAIN_BYTES = 1 << 20
+DRAIN_S = 1.0
+
+
+async def drain(request: Request, limit: int = DRAIN_BYTES, timeout_s: float = DRAIN_S) -> None:
+    """Read and drop up to `limit` bytes of a refused request's body, for at most `timeout_s` seconds."""
+
+    async def consume() -> None:
+        seen = 0
+        async for chunk in request.stream():
+            seen += len(chunk)
+            if seen >= limit:
+                return
+
+    with contextlib.suppress(Exception):  # a client gone or too slow: the answer is sent anyway
+        await asyncio.wait_for(consume(), timeout_s)
 
 
 def fail(status: int, message: str, **headers: str) -> HTTPException:

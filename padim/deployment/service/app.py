@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 from starlette.requests import ClientDisconnect
@@ -26,7 +26,7 @@ from starlette.requests import ClientDisconnect
 from padim_runtime.batching import BatchInfo, Batcher
 from padim_runtime.page import page_headers
 from padim_runtime.service import listen as listen_on
-from padim_runtime.uploads import BUSY, client_address, fail, read_upload_within
+from padim_runtime.uploads import BUSY, client_address, drain, fail, read_upload_within
 
 from padim.deployment.service.limits import Limits
 from padim.deployment.service.page import render_page
@@ -179,7 +179,11 @@ class Service:
         """Admit, receive, decode, score and answer one upload."""
         t0 = time.perf_counter()
         client = client_address(request)
-        self.admit(client)
+        try:
+            self.admit(client)
+        except HTTPException:
+            await drain(request)
+            raise
         self.counts["pending"] += 1
         try:
             return await self._answer(request, client, t0, overlay=overlay, response_format=response_format)
