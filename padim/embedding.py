@@ -89,8 +89,11 @@ def _on_grid(fmap: torch.Tensor, idx: torch.Tensor, h: int, w: int) -> torch.Ten
     return grid.index_select(1, nearest_index(fw, w).to(grid.device))
 
 
-def native_blocks(kept: list[torch.Tensor], tap_grids: list[tuple[int, int]],
-                  grid: tuple[int, int]) -> tuple[tuple[int, int, int, int], ...]:
+# Per tap: (first channel, end channel, row step, column step) in the embeddings (native_blocks).
+Blocks = tuple[tuple[int, int, int, int], ...]
+
+
+def native_blocks(kept: list[torch.Tensor], tap_grids: list[tuple[int, int]], grid: tuple[int, int]) -> Blocks:
     """Per tap with kept channels: (first, end) channel in the embedding and the (row, column) step that
     reads its values back once each from the (h, w) grid (a deeper tap repeated over s x s blocks: step s).
 

@@ -15,7 +15,8 @@ import torch
 
 from padim.data import Batch, check_finite
 from padim.errors import PadimError, PadimWarning
-from padim.frame import Blocks, FrameStats, frame_contrast, frame_descriptors
+from padim.embedding import Blocks
+from padim.frame import FrameStats, frame_contrast, frame_descriptors
 from padim.gaussian import BatchBuffer, GaussianStats
 from padim.network import PadimNet
 
@@ -82,10 +83,8 @@ def accumulate(embeddings: Embeddings, stats: GaussianStats, frame: FrameStats |
     each tap at its own resolution.
     """
     buffer = BatchBuffer(stats)
-    for batch, emb in embeddings:
-        if frame is None:
-            check_finite(emb.sum(dim=(0, 2)), batch)  # NaN/inf anywhere makes an image's sum non-finite
-        else:  # before the buffer: the same embeddings, in the same pass
+    for batch, emb in _finite(embeddings) if frame is None else embeddings:
+        if frame is not None:  # before the buffer: the same embeddings, in the same pass
             descriptors = frame_descriptors(emb, grid, blocks)
             # Every embedding value is a copy of a value the descriptors' means add up, so they are
             # non-finite exactly when the embedding is: the check costs no pass of its own.

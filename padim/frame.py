@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
+from padim.embedding import Blocks
 from padim.errors import InputError
 from padim.gaussian import STATS_DTYPE, GaussianStats
 
@@ -47,9 +48,6 @@ UNLIKE = "frame unlike any training image"
 ABOVE = "anomaly score above threshold"
 
 
-Blocks = tuple[tuple[int, int, int, int], ...]
-
-
 def frame_descriptors(embedding: torch.Tensor, grid: tuple[int, int] | None = None,
                       blocks: Blocks | None = None) -> torch.Tensor:
     """(B, 2d) float64: each channel's mean and standard deviation over the positions of (P, B, d) embeddings.
@@ -59,11 +57,11 @@ def frame_descriptors(embedding: torch.Tensor, grid: tuple[int, int] | None = No
     """
     p, b, d = embedding.shape
     if grid is None or blocks is None:
-        mean, std = _moments(embedding.reshape(p, b * d), in_place=False)
-        return torch.cat([mean.view(b, d), std.view(b, d)], dim=1).to(STATS_DTYPE)
-    on_grid = embedding.view(*grid, b, d)
-    parts = [_moments(on_grid[::sh, ::sw, :, c0:c1].reshape(-1, b * (c1 - c0)), in_place=True)
-             for c0, c1, sh, sw in blocks]
+        parts = [_moments(embedding.reshape(p, b * d), in_place=False)]
+    else:
+        on_grid = embedding.view(*grid, b, d)
+        parts = [_moments(on_grid[::sh, ::sw, :, c0:c1].reshape(-1, b * (c1 - c0)), in_place=True)
+                 for c0, c1, sh, sw in blocks]
     mean = torch.cat([m.view(b, -1) for m, _ in parts], dim=1)
     std = torch.cat([s.view(b, -1) for _, s in parts], dim=1)
     return torch.cat([mean, std], dim=1).to(STATS_DTYPE)

@@ -7,7 +7,7 @@ from torch import nn
 
 from padim import staircase
 from padim.backbone import Backbone, spec_for
-from padim.embedding import native_blocks, positions_to_maps, random_channels, split_by_tap
+from padim.embedding import Blocks, native_blocks, positions_to_maps, random_channels, split_by_tap
 from padim.engine import TapEmbedding
 from padim.errors import NotFittedError, PadimError
 from padim.scoring import image_scores, mahalanobis_distance, patch_distances, smooth_maps, smoothing_matrices, split_mean
@@ -65,7 +65,7 @@ class PadimNet(nn.Module):
         self.mean_hi, self.mean_lo = split_mean(mean)
 
     @property
-    def descriptor_blocks(self) -> tuple[tuple[int, int, int, int], ...] | None:
+    def descriptor_blocks(self) -> Blocks | None:
         """Where each tap's channels lie in the embeddings, for padim.frame.frame_descriptors (None under PCA)."""
         return None if self.projection.numel() else self._native_blocks
 

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from padim import staircase
+from padim.embedding import Blocks
 from padim.engine import export_graph
 from padim.errors import PadimError
 from padim.frame import ABOVE, BLANK, BLANK_CONTRAST_FRACTION, UNLIKE
@@ -108,7 +109,7 @@ def export_bundle(model: PaDiM, folder: str | os.PathLike, half: bool = False) -
     return folder
 
 
-def _blocks(blocks: tuple[tuple[int, int, int, int], ...] | None) -> list[list[int]] | None:
+def _blocks(blocks: Blocks | None) -> list[list[int]] | None:
     """The network's descriptor blocks (padim.embedding.native_blocks) for bundle.json, None under PCA."""
     return None if blocks is None else [list(b) for b in blocks]
 
