@@ -5,13 +5,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+from padim_runtime.scoring import one_blas_thread
 
 from padim import staircase
+from padim.utils.blas import numpy_products
 from padim.utils.cpus import run_slices
 from padim.errors import InputError
 
 STATS_DTYPE = torch.float64
+GRAM_GROUP = 8  # positions whose block products go together: 8 x 44 x 176 float64 (0.5 MB) stay in L2
 
 
 def tril_flat_index(dim: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -58,8 +62,10 @@ def row_blocks(dim: int) -> list[tuple[int, int, int]]:
     Block [r0, r1) keeps rows r0..r1-1 and columns 0..r1-1 as one contiguous (r1 - r0) x r1
     rectangle, so one batched product per block updates it in place: about 56% of the full
     matrix for eight blocks, with no gather (packing element by element cost 3x the time).
+    Blocks of at least 44 rows: narrower ones made the products too small to run fast (d=176: four
+    blocks, 62% of the matrix, updated 1.2-1.25x faster than eight); large d keeps eight (WR50's memory).
     """
-    size = max(16, math.ceil(dim / 8))
+    size = max(44, math.ceil(dim / 8))
     blocks, offset = [], 0
     for r0 in range(0, dim, size):
         r1 = min(dim, r0 + size)
@@ -167,7 +173,8 @@ class GaussianStats:
             batch.sub_(batch_mean[:, None, :])
             self._combine(b, batch_mean, rows, sl)
 
-        run_slices(update_slice, p, max(1, chunk_bytes // (8 * (b + 1) * d)), x.device)
+        with one_blas_thread:  # the block products may go through numpy (_add_block_products)
+            run_slices(update_slice, p, max(1, chunk_bytes // (8 * (b + 1) * d)), x.device)
         self.n += b
 
     def merge(self, other: "GaussianStats") -> None:
@@ -194,8 +201,7 @@ class GaussianStats:
             rows = delta[:, None, :] * math.sqrt(n_a * n_b / n)
         else:
             torch.mul(delta, math.sqrt(n_a * n_b / n), out=rows[:, -1])
-        for (r0, r1, _), view in zip(row_blocks(self.dim), self._block_views(positions)):
-            view.baddbmm_(rows[:, :, r0:r1].transpose(1, 2), rows[:, :, :r1])
+        _add_block_products(self._block_views(positions), row_blocks(self.dim), rows)
         mean.add_(delta, alpha=n_b / n)
 
 
@@ -214,6 +220,22 @@ class GaussianStats:
                 torch.div(view, self.n - 1, out=cov[:, r0:r1, :r1])
         cov.diagonal(dim1=1, dim2=2).add_(eps)
         return cov.tril_()
+
+
+def _add_block_products(views: list[torch.Tensor], blocks: list[tuple[int, int, int]], rows: torch.Tensor) -> None:
+    """views[j] += rows[:, :, r0:r1]^T rows[:, :, :r1] for every row block j (rows: (P, K, d) float64)."""
+    if not numpy_products(rows, *views, dtype=STATS_DTYPE):
+        for (r0, r1, _), view in zip(blocks, views):
+            view.baddbmm_(rows[:, :, r0:r1].transpose(1, 2), rows[:, :, :r1])
+        return
+    x, targets = rows.numpy(), [v.numpy() for v in views]
+    products = np.empty((GRAM_GROUP, max(r1 - r0 for r0, r1, _ in blocks), x.shape[2]))
+    for start in range(0, x.shape[0], GRAM_GROUP):
+        g = slice(start, min(x.shape[0], start + GRAM_GROUP))
+        for (r0, r1, _), target in zip(blocks, targets):
+            prod = products[: g.stop - g.start, : r1 - r0, :r1]
+            np.matmul(x[g, :, r0:r1].transpose(0, 2, 1), x[g, :, :r1], out=prod)
+            target[g] += prod
 
 
 class BatchBuffer:

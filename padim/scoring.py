@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 import torch.nn.functional as F
+from padim_runtime.scoring import whitened_distances
 
 from padim import paper, staircase
-from padim.utils.cpus import run_slices
+from padim.utils.blas import numpy_products
+from padim.utils.cpus import available_cpus, run_slices
 from padim.staircase import whitened_sq_norms
 
 _CHUNK_BYTES = 1 << 23  # about 8 MB of float32 products per slice of positions
+
+
+def _numpy_distances(x: torch.Tensor, stairs: list[torch.Tensor], mean_hi: torch.Tensor | None,
+                     mean_lo: torch.Tensor | None) -> torch.Tensor:
+    """patch_distances through padim_runtime's numpy kernel, positions split over this process's CPUs."""
+    hi, lo = (None, None) if mean_hi is None else (mean_hi.numpy(), mean_lo.numpy())
+    threads = available_cpus()
+    blocks = [blk.numpy() for blk in stairs]
+    if threads == 1:
+        return torch.from_numpy(whitened_distances(x.numpy(), blocks, hi, lo))
+    with ThreadPoolExecutor(threads) as pool:  # numpy's products release the GIL
+        return torch.from_numpy(whitened_distances(x.numpy(), blocks, hi, lo, parts=4 * threads, run=pool.map))
 
 
 def split_mean(mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,8 +49,11 @@ def patch_distances(embedding: torch.Tensor, stairs: list[torch.Tensor], mean_hi
 
     With mean_hi/mean_lo (split_mean) the embeddings are centred first, in place. Row b of x_p U is
     (W_p x_pb)^T (precision = W^T W), so batched products give every patch's whitened vector; its
-    norm is the distance. Slices of positions run in parallel on the CPU (padim.utils.cpus.parallel_slices).
+    norm is the distance. On the CPU in float32 the products go through numpy (padim.utils.blas), otherwise
+    through torch, slices of positions in parallel (padim.utils.cpus.parallel_slices).
     """
+    if numpy_products(embedding, *stairs, mean_hi, mean_lo, dtype=torch.float32):
+        return _numpy_distances(embedding, stairs, mean_hi, mean_lo)
     p, b, d = embedding.shape
     if torch.jit.is_tracing():  # no slice loop: a traced loop would bake the trace's batch into the graph
         if mean_hi is not None:

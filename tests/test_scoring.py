@@ -8,10 +8,12 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from padim import PaDiM
+from padim import PaDiM, staircase
+from padim.errors import InputError
 from padim.gaussian import GaussianStats, precision_cholesky
 from padim.evaluation.synthetic import load_split
-from padim.scoring import gaussian_blur, image_scores, mahalanobis_distance
+from padim.scoring import gaussian_blur, image_scores, mahalanobis_distance, patch_distances, split_mean
+from padim.utils.blas import CHOICES as BLAS_CHOICES, ENV_VAR as BLAS_ENV
 
 from conftest import TINY
 
@@ -32,16 +34,43 @@ def reference_distances(train: np.ndarray, test: np.ndarray, eps: float) -> np.n
     return out
 
 
-@pytest.mark.parametrize("chunk", [None, 1, 7])  # position chunks: 20 positions in 1, 20 or 3 pieces
-def test_mahalanobis_matches_float64_reference(chunk: int | None) -> None:
+# torch: position chunks of 20 positions in 1, 20 or 3 pieces; numpy: 70 positions, 3 groups of up to 32
+# in 8 parts over 2 threads (padim_runtime.scoring.whitened_distances).
+@pytest.mark.parametrize("blas, chunk, grid", [("torch", None, (4, 5)), ("torch", 1, (4, 5)), ("torch", 7, (4, 5)),
+                                               ("numpy", None, (4, 5)), ("numpy", None, (7, 10))])
+def test_mahalanobis_matches_float64_reference(blas: str, chunk: int | None, grid: tuple[int, int],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(BLAS_ENV, blas)
+    monkeypatch.setenv("PADIM_NUM_THREADS", "2")
     rng = np.random.default_rng(0)
-    train = rng.normal(size=(30, 12, 4, 5)) * rng.uniform(0.2, 2, size=(1, 12, 1, 1)) + 3.0
-    test = rng.normal(size=(6, 12, 4, 5)) * 1.5 + 3.0
-    stats = GaussianStats.empty(20, 12)
+    train = rng.normal(size=(30, 12, *grid)) * rng.uniform(0.2, 2, size=(1, 12, 1, 1)) + 3.0
+    test = rng.normal(size=(6, 12, *grid)) * 1.5 + 3.0
+    stats = GaussianStats.empty(grid[0] * grid[1], 12)
     stats.update(torch.from_numpy(train).float().flatten(2).permute(2, 0, 1))
     got = mahalanobis_distance(torch.from_numpy(test).float(), stats.mean, precision_cholesky(stats, 0.01), chunk=chunk)
     ref = reference_distances(train.astype(np.float32).astype(np.float64), test.astype(np.float32).astype(np.float64), 0.01)
     assert np.allclose(got.numpy(), ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("blas", BLAS_CHOICES)
+def test_distances_centre_the_embeddings_in_place_with_either_blas(blas: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # PadimNet.score_positions documents the in-place centring; callers read the frame check before it.
+    monkeypatch.setenv(BLAS_ENV, blas)
+    rng = np.random.default_rng(5)
+    # An offset of 1e4: the float32 mean alone is off by up to 5e-4, which split_mean's low part corrects.
+    x = torch.from_numpy((rng.normal(size=(40, 3, 10)) + 1e4).astype(np.float32))
+    mean = torch.from_numpy(rng.normal(size=(40, 10)) + 1e4)
+    stairs = staircase.from_upper(torch.eye(10).expand(40, 10, 10).contiguous())
+    want = (x.double() - mean[:, None, :]).float()
+    dist = patch_distances(x, stairs, *split_mean(mean))
+    assert torch.allclose(x, want, rtol=0, atol=2e-6)
+    assert torch.allclose(dist, want.double().norm(dim=2).float(), rtol=1e-5)
+
+
+def test_unknown_scoring_blas_is_refused_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(BLAS_ENV, "mkl")
+    with pytest.raises(InputError, match=f"{BLAS_ENV}='mkl': expected one of numpy, torch"):
+        patch_distances(torch.zeros(2, 1, 3), staircase.from_upper(torch.eye(3).expand(2, 3, 3).contiguous()))
 
 
 @pytest.mark.parametrize("shape", [(3, 40, 56), (2, 9, 7)])  # 9x7 is smaller than the radius: repeated reflection
@@ -58,7 +87,9 @@ def test_image_score_is_the_map_maximum() -> None:
     assert image_scores(maps).tolist() == [7.0, 2.5]
 
 
-def test_whole_prediction_matches_float64_pipeline(texture_set) -> None:
+@pytest.mark.parametrize("blas", BLAS_CHOICES)
+def test_whole_prediction_matches_float64_pipeline(texture_set, blas: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(BLAS_ENV, blas)
     train, test, _ = load_split(texture_set)
     model = PaDiM(**TINY).fit(train)
     pred = model.predict(test)

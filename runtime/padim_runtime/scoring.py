@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
 STAIR_WIDTH = 48  # as padim.staircase: column blocks of U = W^T without the zeros below the diagonal
+# Positions whose products are formed together: their stairs, embeddings and products (32 x B x 48
+# floats) stay in the core's cache between the product, the squares and the sum of squares.
+GROUP = 32
 
 
 def stair_edges(dim: int, width: int = STAIR_WIDTH) -> list[int]:
@@ -34,6 +40,80 @@ def split_mean(mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return hi, (mean - hi.astype(np.float64)).astype(np.float32)
 
 
+class _OneBlasThread:
+    """numpy's BLAS on one thread while any caller is inside (our threads split the work; its own
+    would oversubscribe the cores). Counted, so that overlapping users from several threads restore
+    the BLAS's thread count only when the last one leaves."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._limit: Any = None
+        self._controller: Any = None
+
+    def __enter__(self) -> None:
+        with self._lock:
+            self._users += 1
+            if self._users == 1:
+                try:
+                    import threadpoolctl
+                except ImportError:  # optional: without it OpenBLAS keeps its threads (slower, same numbers)
+                    return
+                if self._controller is None:  # the libraries loaded now (numpy's BLAS): looked up once
+                    self._controller = threadpoolctl.ThreadpoolController()
+                self._limit = self._controller.limit(limits=1, user_api="blas")
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0 and self._limit is not None:
+                self._limit.restore_original_limits()
+                self._limit = None
+
+
+one_blas_thread = _OneBlasThread()
+
+
+def _distances_part(x: np.ndarray, stairs: list[np.ndarray], hi: np.ndarray | None, lo: np.ndarray | None,
+                    out: np.ndarray, positions: range) -> None:
+    """Fill out[positions] with the distances of those positions, GROUP at a time (x centred in place)."""
+    b = x.shape[1]
+    width = max(blk.shape[2] for blk in stairs)
+    products = np.empty((GROUP, b, width), np.float32)
+    ones = np.ones(width, np.float32)
+    for start in range(positions.start, positions.stop, GROUP):
+        sl = slice(start, min(positions.stop, start + GROUP))
+        xs, total = x[sl], out[sl]
+        if hi is not None:
+            xs -= hi[sl, None, :]
+            xs -= lo[sl, None, :]
+        total[...] = 0.0
+        for blk in stairs:
+            y = products[: xs.shape[0], :, : blk.shape[2]]
+            np.matmul(xs[:, :, : blk.shape[1]], blk[sl], out=y)
+            np.multiply(y, y, out=y)
+            total += y @ ones[: blk.shape[2]]  # the row sums as a matrix-vector product: faster than sum(-1)
+        np.sqrt(total, out=total)
+
+
+def whitened_distances(x: np.ndarray, stairs: list[np.ndarray], hi: np.ndarray | None = None,
+                       lo: np.ndarray | None = None, *, parts: int = 1,
+                       run: Callable[[Callable[[range], None], Iterable[range]], Iterable] = map) -> np.ndarray:
+    """Mahalanobis distances (P, B) of positions-first float32 embeddings (P, B, d), given the stairs of U.
+
+    With hi/lo (split_mean) x is centred first, in place. The positions go in `parts` ranges through
+    `run` (map, or a thread pool's map: numpy's products release the GIL).
+    """
+    p = x.shape[0]
+    out = np.empty(x.shape[:2], np.float32)
+    step = max(1, -(-p // max(1, parts)))
+    with one_blas_thread:
+        for _ in run(lambda r: _distances_part(x, stairs, hi, lo, out, r),
+                     [range(s, min(p, s + step)) for s in range(0, p, step)]):
+            pass
+    return out
+
+
 class Scorer:
     """Positions-first embeddings (P, B, d) -> maps (B, H, W) and image scores (B,)."""
 
@@ -48,23 +128,7 @@ class Scorer:
 
     def distances(self, x: np.ndarray) -> np.ndarray:
         """Mahalanobis distance (P, B) of every patch; x is centred in place."""
-        p = x.shape[0]
-        out = np.empty(x.shape[:2], np.float32)
-        step = max(1, -(-p // (4 * self.threads)))
-
-        def part(start: int) -> None:
-            sl = slice(start, min(p, start + step))
-            xs = x[sl]
-            xs -= self.hi[sl, None, :]
-            xs -= self.lo[sl, None, :]
-            total = np.zeros(xs.shape[:2], np.float32)
-            for blk in self.stairs:
-                y = np.matmul(xs[:, :, : blk.shape[1]], blk[sl])
-                total += np.einsum("pbc,pbc->pb", y, y)
-            out[sl] = np.sqrt(total)
-
-        list(self.pool.map(part, range(0, p, step)))
-        return out
+        return whitened_distances(x, self.stairs, self.hi, self.lo, parts=4 * self.threads, run=self.pool.map)
 
     def __call__(self, embedding: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         dist = self.distances(embedding)
