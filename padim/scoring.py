@@ -14,6 +14,9 @@ from padim.utils.cpus import available_cpus, run_slices
 from padim.staircase import whitened_sq_norms
 
 _CHUNK_BYTES = 1 << 23  # about 8 MB of float32 products per slice of positions
+# Below this batch torch's products were as fast (the factor's reading bounds them) and numpy's
+# group loop costs calls: batch-1 distances 11-15 ms with torch, 16-19 ms with numpy (Lite0).
+NUMPY_MIN_BATCH = 4
 
 
 def _numpy_distances(x: torch.Tensor, stairs: list[torch.Tensor], mean_hi: torch.Tensor | None,
@@ -49,10 +52,11 @@ def patch_distances(embedding: torch.Tensor, stairs: list[torch.Tensor], mean_hi
 
     With mean_hi/mean_lo (split_mean) the embeddings are centred first, in place. Row b of x_p U is
     (W_p x_pb)^T (precision = W^T W), so batched products give every patch's whitened vector; its
-    norm is the distance. On the CPU in float32 the products go through numpy (padim.utils.blas), otherwise
-    through torch, slices of positions in parallel (padim.utils.cpus.parallel_slices).
+    norm is the distance. On the CPU in float32, for batches of NUMPY_MIN_BATCH or more, the products go
+    through numpy (padim.utils.blas), otherwise through torch, slices of positions in parallel (padim.utils.cpus.parallel_slices).
     """
-    if numpy_products(embedding, *stairs, mean_hi, mean_lo, dtype=torch.float32):
+    if embedding.shape[1] >= NUMPY_MIN_BATCH and numpy_products(embedding, *stairs, mean_hi, mean_lo,
+                                                                 dtype=torch.float32):
         return _numpy_distances(embedding, stairs, mean_hi, mean_lo)
     p, b, d = embedding.shape
     if torch.jit.is_tracing():  # no slice loop: a traced loop would bake the trace's batch into the graph

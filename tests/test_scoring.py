@@ -14,6 +14,7 @@ from padim.gaussian import GaussianStats, precision_cholesky
 from padim.evaluation.synthetic import load_split
 from padim.scoring import gaussian_blur, image_scores, mahalanobis_distance, patch_distances, split_mean
 from padim.utils.blas import CHOICES as BLAS_CHOICES, ENV_VAR as BLAS_ENV
+from padim_runtime import scoring as runtime_scoring
 
 from conftest import TINY
 
@@ -34,14 +35,16 @@ def reference_distances(train: np.ndarray, test: np.ndarray, eps: float) -> np.n
     return out
 
 
-# torch: position chunks of 20 positions in 1, 20 or 3 pieces; numpy: 70 positions, 3 groups of up to 32
-# in 8 parts over 2 threads (padim_runtime.scoring.whitened_distances).
+# torch: position chunks of 20 positions in 1, 20 or 3 pieces; numpy: 20 positions, or 70 in 8 parts over
+# 2 threads, each part in groups of 2 positions (padim_runtime.scoring.whitened_distances).
 @pytest.mark.parametrize("blas, chunk, grid", [("torch", None, (4, 5)), ("torch", 1, (4, 5)), ("torch", 7, (4, 5)),
                                                ("numpy", None, (4, 5)), ("numpy", None, (7, 10))])
 def test_mahalanobis_matches_float64_reference(blas: str, chunk: int | None, grid: tuple[int, int],
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(BLAS_ENV, blas)
     monkeypatch.setenv("PADIM_NUM_THREADS", "2")
+    if grid == (7, 10):
+        monkeypatch.setattr(runtime_scoring, "GROUP_ROWS", 12)  # 2 positions of 6 images a group
     rng = np.random.default_rng(0)
     train = rng.normal(size=(30, 12, *grid)) * rng.uniform(0.2, 2, size=(1, 12, 1, 1)) + 3.0
     test = rng.normal(size=(6, 12, *grid)) * 1.5 + 3.0
@@ -58,7 +61,7 @@ def test_distances_centre_the_embeddings_in_place_with_either_blas(blas: str, mo
     monkeypatch.setenv(BLAS_ENV, blas)
     rng = np.random.default_rng(5)
     # An offset of 1e4: the float32 mean alone is off by up to 5e-4, which split_mean's low part corrects.
-    x = torch.from_numpy((rng.normal(size=(40, 3, 10)) + 1e4).astype(np.float32))
+    x = torch.from_numpy((rng.normal(size=(40, 4, 10)) + 1e4).astype(np.float32))  # NUMPY_MIN_BATCH
     mean = torch.from_numpy(rng.normal(size=(40, 10)) + 1e4)
     stairs = staircase.from_upper(torch.eye(10).expand(40, 10, 10).contiguous())
     want = (x.double() - mean[:, None, :]).float()
@@ -70,7 +73,7 @@ def test_distances_centre_the_embeddings_in_place_with_either_blas(blas: str, mo
 def test_unknown_scoring_blas_is_refused_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(BLAS_ENV, "mkl")
     with pytest.raises(InputError, match=f"{BLAS_ENV}='mkl': expected one of numpy, torch"):
-        patch_distances(torch.zeros(2, 1, 3), staircase.from_upper(torch.eye(3).expand(2, 3, 3).contiguous()))
+        patch_distances(torch.zeros(2, 4, 3), staircase.from_upper(torch.eye(3).expand(2, 3, 3).contiguous()))
 
 
 @pytest.mark.parametrize("shape", [(3, 40, 56), (2, 9, 7)])  # 9x7 is smaller than the radius: repeated reflection

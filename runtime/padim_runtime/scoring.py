@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 
 STAIR_WIDTH = 48  # as padim.staircase: column blocks of U = W^T without the zeros below the diagonal
-# Positions whose products are formed together: their stairs, embeddings and products (32 x B x 48
-# floats) stay in the core's cache between the product, the squares and the sum of squares.
-GROUP = 32
+# Embedding rows (positions x batch) whose products are formed together: the products (1024 x 48
+# floats, 192 KB) stay in the core's cache between the product, the squares and their sum; for small
+# batches more positions a group also means fewer calls (32 positions at a batch of 32, 256 at 4).
+GROUP_ROWS = 1024
 
 
 def stair_edges(dim: int, width: int = STAIR_WIDTH) -> list[int]:
@@ -76,13 +77,14 @@ one_blas_thread = _OneBlasThread()
 
 def _distances_part(x: np.ndarray, stairs: list[np.ndarray], hi: np.ndarray | None, lo: np.ndarray | None,
                     out: np.ndarray, positions: range) -> None:
-    """Fill out[positions] with the distances of those positions, GROUP at a time (x centred in place)."""
+    """Fill out[positions] with the distances of those positions, a group at a time (x centred in place)."""
     b = x.shape[1]
+    group = max(1, GROUP_ROWS // b)
     width = max(blk.shape[2] for blk in stairs)
-    products = np.empty((GROUP, b, width), np.float32)
+    products = np.empty((group, b, width), np.float32)
     ones = np.ones(width, np.float32)
-    for start in range(positions.start, positions.stop, GROUP):
-        sl = slice(start, min(positions.stop, start + GROUP))
+    for start in range(positions.start, positions.stop, group):
+        sl = slice(start, min(positions.stop, start + group))
         xs, total = x[sl], out[sl]
         if hi is not None:
             xs -= hi[sl, None, :]
