@@ -15,7 +15,7 @@ from padim.utils.cpus import run_slices
 from padim.errors import InputError
 
 STATS_DTYPE = torch.float64
-GRAM_GROUP = 8  # positions whose block products go together: 8 x 44 x 176 float64 (0.5 MB) stay in L2
+GRAM_FLOATS = 1 << 16  # float64 block products formed together (0.5 MB, in L2): 8 positions at d=176, 1 at 550
 
 
 def tril_flat_index(dim: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -229,9 +229,11 @@ def _add_block_products(views: list[torch.Tensor], blocks: list[tuple[int, int, 
             view.baddbmm_(rows[:, :, r0:r1].transpose(1, 2), rows[:, :, :r1])
         return
     x, targets = rows.numpy(), [v.numpy() for v in views]
-    products = np.empty((GRAM_GROUP, max(r1 - r0 for r0, r1, _ in blocks), x.shape[2]))
-    for start in range(0, x.shape[0], GRAM_GROUP):
-        g = slice(start, min(x.shape[0], start + GRAM_GROUP))
+    tallest = max(r1 - r0 for r0, r1, _ in blocks)
+    group = max(1, GRAM_FLOATS // (tallest * x.shape[2]))
+    products = np.empty((group, tallest, x.shape[2]))
+    for start in range(0, x.shape[0], group):
+        g = slice(start, min(x.shape[0], start + group))
         for (r0, r1, _), target in zip(blocks, targets):
             prod = products[: g.stop - g.start, : r1 - r0, :r1]
             np.matmul(x[g, :, r0:r1].transpose(0, 2, 1), x[g, :, :r1], out=prod)

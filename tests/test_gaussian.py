@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from padim.errors import PadimError
+from padim import gaussian
 from padim.gaussian import GaussianStats, pack_lower, precision_cholesky, row_blocks_numel
 from padim.utils.blas import CHOICES as BLAS_CHOICES, ENV_VAR as BLAS_ENV
 
@@ -31,11 +32,12 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
-# 11 positions, d=60: two groups of positions (GRAM_GROUP=8) and two row blocks (44 + 16 rows) per product.
+# 11 positions, d=60: two row blocks (44 + 16 rows) per product, positions in groups of 2.
 @pytest.mark.parametrize("blas", BLAS_CHOICES)
 @pytest.mark.parametrize("batch", [1, 5, 64])
 def test_streaming_covariance_matches_numpy_cov(batch: int, blas: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(BLAS_ENV, blas)
+    monkeypatch.setattr(gaussian, "GRAM_FLOATS", 2 * 44 * 60)  # groups of 2 positions: 6 groups, the last of 1
     rng = np.random.default_rng(0)
     x = rng.normal(size=(37, 11, 60)).astype(np.float32) * rng.uniform(0.1, 3.0, size=60).astype(np.float32)
     stats = streamed(x, batch)
