@@ -4,8 +4,8 @@
     python benchmarks/blas.py --dim 100           # R18-Rd100's d
 
 Prints, per PADIM_BLAS choice, the median time of: the Mahalanobis distances of one batch (3136
-positions, batch 1, 4, 8 and 32, centring included), and one statistics update (3136 positions, 122
-embeddings, float64 row blocks). Random data of the real shapes: speed does not depend on the values.
+positions, batch 1, 4, 8 and 32, centring included), and one statistics update (3136 positions, as many
+embeddings as the fit's float32 block holds: 121 at d=176, 38 at d=550; float64 row blocks). Random data of the real shapes: speed does not depend on the values.
 Each figure alternates numpy and torch runs in this one process, so a noisy machine affects both alike.
 """
 
@@ -19,7 +19,7 @@ import time
 import torch
 
 from padim import staircase
-from padim.gaussian import GaussianStats
+from padim.gaussian import BatchBuffer, GaussianStats
 from padim.scoring import patch_distances, split_mean
 from padim.utils.blas import CHOICES, ENV_VAR
 
@@ -45,6 +45,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dim", type=int, default=176, help="embedding size d (Lite0: 176, R18-Rd100: 100)")
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--rows", type=int, default=None,
+                        help="embeddings per statistics update (default: what the fit's 256 MB block holds)")
     args = parser.parse_args()
     gen = torch.Generator().manual_seed(0)
     d = args.dim
@@ -60,13 +62,14 @@ def main() -> None:
         med = alternate({c: (lambda: patch_distances(x.clone(), stairs, hi, lo)) for c in CHOICES}, args.repeat)
         print(f"| distances, batch {b} | " + " | ".join(f"{1e3 * med[c]:.1f}" for c in CHOICES)
               + f" | {med['torch'] / med['numpy']:.2f} |")
-    emb = torch.randn(POSITIONS, 122, d, generator=gen)
+    rows = args.rows or BatchBuffer(GaussianStats.empty(1, d)).capacity // POSITIONS  # its block, per position
+    emb = torch.randn(POSITIONS, rows, d, generator=gen)
 
     def update() -> None:
         GaussianStats.empty(POSITIONS, d).update(emb)
 
     med = alternate({c: update for c in CHOICES}, max(3, args.repeat // 2))
-    print("| statistics update, 122 embeddings | " + " | ".join(f"{1e3 * med[c]:.0f}" for c in CHOICES)
+    print(f"| statistics update, {rows} embeddings | " + " | ".join(f"{1e3 * med[c]:.0f}" for c in CHOICES)
           + f" | {med['torch'] / med['numpy']:.2f} |")
 
 

@@ -2,8 +2,9 @@
 
 Scoring (thousands of B x k by k x 48 products a batch) and the statistics' update (thousands of
 (k, B) by (B, r) float64 products) are small products per position. numpy's stacked matmul (OpenBLAS
-in its wheels) ran them 1.6-2.2x faster than torch.bmm/baddbmm (MKL) on a 2-core AMD EPYC with
-AVX-512 (benchmarks/README.md); both agree to rounding, and tests check each against float64.
+in its wheels) ran them 1.4-2.3x faster than torch.bmm/baddbmm (MKL) on a 2-core AMD EPYC with
+AVX-512 (benchmarks/blas.py); both agree to rounding, and tests check each against float64. Where torch's
+were as fast, callers keep them (padim.scoring.NUMPY_MIN_BATCH, padim.gaussian.GRAM_NUMPY_MAX_DIM).
 """
 
 from __future__ import annotations
