@@ -15,6 +15,7 @@ import argparse
 import os
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -26,7 +27,7 @@ from padim.utils.blas import CHOICES, ENV_VAR
 POSITIONS = 3136  # a 224 px input at stride 4
 
 
-def alternate(run: dict[str, callable], repeat: int) -> dict[str, float]:
+def alternate(run: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
     """Median seconds of each run, the runs alternating (one warm-up each)."""
     times: dict[str, list[float]] = {k: [] for k in run}
     for k, fn in run.items():

@@ -53,7 +53,8 @@ def patch_distances(embedding: torch.Tensor, stairs: list[torch.Tensor], mean_hi
     With mean_hi/mean_lo (split_mean) the embeddings are centred first, in place. Row b of x_p U is
     (W_p x_pb)^T (precision = W^T W), so batched products give every patch's whitened vector; its
     norm is the distance. On the CPU in float32, for batches of NUMPY_MIN_BATCH or more, the products go
-    through numpy (padim.utils.blas), otherwise through torch, slices of positions in parallel (padim.utils.cpus.parallel_slices).
+    through numpy (padim.utils.blas); otherwise through torch, slices of positions in parallel
+    (padim.utils.cpus.parallel_slices).
     """
     if embedding.shape[1] >= NUMPY_MIN_BATCH and numpy_products(embedding, *stairs, mean_hi, mean_lo,
                                                                  dtype=torch.float32):
