@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -302,6 +302,13 @@ def check_finite(values: torch.Tensor, batch: Batch, problem: str = "backbone pr
     if bool(bad.any()):
         names = [n for n, b in zip(batch.names, bad.tolist()) if b]
         raise InputError(f"{names[0]}: {problem} ({len(names)} image(s) in batch)")
+
+
+def progress(batches: Iterable[Batch], *, desc: str, total: int, verbose: bool) -> Iterable[Batch]:
+    """The batches, with a progress bar on stderr when verbose."""
+    from tqdm.auto import tqdm
+
+    return tqdm(batches, total=total, desc=desc, unit="batch", disable=not verbose, leave=False)
 
 
 def n_batches(n_items: int, batch_size: int) -> int:

@@ -123,12 +123,8 @@ def positions_to_maps(embedding: torch.Tensor, grid: tuple[int, int]) -> torch.T
 
 
 def embedded_batches(batches: Iterable[Any], engine: Callable[[torch.Tensor], torch.Tensor],
-                     project: Callable[[torch.Tensor], torch.Tensor], *, device: str, desc: str, total: int,
-                     verbose: bool) -> Iterator[tuple[Any, torch.Tensor]]:
-    """(batch, positions-first embeddings (P, B, d)) of every batch, with a progress bar when verbose."""
-    from tqdm.auto import tqdm
-
-    bar = tqdm(batches, total=total, desc=desc, unit="batch", disable=not verbose, leave=False)
+                     project: Callable[[torch.Tensor], torch.Tensor], device: str | torch.device) -> Iterator[tuple[Any, torch.Tensor]]:
+    """(batch, positions-first embeddings (P, B, d)) of every batch."""
     with torch.no_grad():
-        for batch in bar:
+        for batch in batches:
             yield batch, project(engine(batch.pixels).to(device))

@@ -20,6 +20,7 @@ which one fitted it.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import io
 import math
@@ -36,6 +37,7 @@ from padim.embedding import embed_positions
 from padim.errors import InputError, PadimEnvironmentError, PadimWarning
 from padim.torch_fast import optimised
 from padim.utils.cpus import available_cpus, configure_torch_threads
+from padim.utils.devices import parse_device
 
 AUTO = "auto"
 ENGINES = ("torch", "torch-fast", "onnxruntime", "openvino")
@@ -114,6 +116,10 @@ class Engine:
     def version(self) -> str:
         """Version of the runtime behind this engine."""
         return torch.__version__
+
+    def lanes(self) -> list["Engine"]:
+        """Engines sharing this one's threads, to run the parts of a batch side by side (padim.lanes); [] for none."""
+        return []
 
     def describe(self) -> str:
         """One line for logs and `padim info`: engine, version, device, threads."""
@@ -235,6 +241,7 @@ class OpenVinoEngine(Engine):
         self.compiled: OrderedDict[int, Any] = OrderedDict()
         self.dynamic: Any = None
         self._gathered: torch.Tensor | None = None
+        self._lanes: list[Engine] = []
 
     def _request(self, batch: int) -> Any:
         """The infer request for this batch size: static shapes run faster than a dynamic batch."""
@@ -286,9 +293,24 @@ class OpenVinoEngine(Engine):
 
     def trim(self) -> None:
         """Drop the compiled models (the probe's batch of 2 would otherwise stay compiled: WR50 ~0.2 GB each)."""
-        self.compiled.clear()
+        self.compiled = OrderedDict()
         self.dynamic = None
         self._gathered = None
+        self._lanes = []
+
+    def lanes(self) -> list[Engine]:
+        """Two engines of half the threads each, sharing this one's core and graph (built on first use)."""
+        if self.threads >= 2 and not self._lanes:
+            self._lanes = [self._twin(self.threads // 2) for _ in range(2)]
+        return self._lanes
+
+    def _twin(self, threads: int) -> "OpenVinoEngine":
+        """This engine on fewer threads, with compiled models of its own."""
+        twin = copy.copy(self)
+        twin.threads = threads
+        twin.config = {**self.config, "INFERENCE_NUM_THREADS": threads}
+        twin.trim()
+        return twin
 
 
 def _as_numpy(x: torch.Tensor) -> np.ndarray:
@@ -322,10 +344,7 @@ def installed(name: str) -> bool:
 
 def resolve(name: str, device: str | torch.device) -> list[str]:
     """The engines to try, in order, for a requested name ('auto' or one of ENGINES) on a device."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise InputError(f"unknown device {device!r}: use e.g. 'cpu' or 'cuda'") from None
+    dev = parse_device(device)
     if name == AUTO:
         return ["torch-fast", "torch"] if dev.type != "cpu" else list(CPU_ORDER)
     if name not in ENGINES:
@@ -333,28 +352,6 @@ def resolve(name: str, device: str | torch.device) -> list[str]:
     if name in ("onnxruntime", "openvino") and dev.type != "cpu":
         raise InputError(f"engine {name!r} runs on the CPU only, not on {dev}: use engine='auto' or 'torch'")
     return [name]
-
-
-def check_device(device: str | torch.device) -> None:
-    """Refuse a device this machine cannot run on, in one line (before any image is read)."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise InputError(f"unknown device {device!r}: use e.g. 'cpu' or 'cuda'") from None
-    if dev.type == "cpu":
-        return
-    if dev.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise PadimEnvironmentError(f"device {str(device)!r}: no CUDA GPU is available to torch here: use --device cpu")
-        if dev.index is not None and dev.index >= count:
-            raise PadimEnvironmentError(f"device {str(device)!r}: only {count} CUDA GPU(s) here (cuda:0 to cuda:{count - 1})")
-        return
-    if dev.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise PadimEnvironmentError(f"device {str(device)!r}: Apple MPS is not available here: use --device cpu")
-        return
-    raise InputError(f"device {str(device)!r} is not supported: use 'cpu', 'cuda', 'cuda:N' or 'mps'")
 
 
 def build_engine(module: TapEmbedding, size: tuple[int, int], *, name: str = AUTO,

@@ -15,7 +15,7 @@ import datetime as _dt
 import os
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -24,10 +24,10 @@ import torch
 from padim import fitting, modelfile, paper
 from padim.backbone import DEFAULT_BACKBONE, Backbone, build_backbone
 from padim.calibration import DEFAULT_FPR, Calibration, holdout_split
-from padim.data import Batch, Preprocess, as_items, iter_batches, n_batches
+from padim.data import Batch, Preprocess, as_items, iter_batches, n_batches, progress
 from padim.images import DEFAULT_MAX_PIXELS
 from padim.embedding import embedded_batches, positions_to_maps
-from padim.engine import AUTO, Engine, build_engine, check_device, resolve
+from padim.engine import AUTO, Engine, build_engine, resolve
 from padim.errors import PadimError, PadimWarning
 from padim.frame import FrameModel, FrameStats
 from padim.gaussian import GaussianStats, precision_factor
@@ -37,6 +37,7 @@ from padim.prediction import Prediction, Scored, add_verdicts, collect, scored_b
 from padim.utils.constraints import (PADIM_CONSTRAINTS, Check, CheckedParameters, check_memory, check_params, check_threshold,
                                     check_value, validate_params)
 from padim.utils.cpus import available_cpus
+from padim.utils.devices import check_device
 
 
 class PaDiM(CheckedParameters, FittedNetworkViews):
@@ -330,17 +331,19 @@ class PaDiM(CheckedParameters, FittedNetworkViews):
                 print(f"engine: {self.engine_.describe()}", file=sys.stderr)
         return self.engine_
 
-    def _embeddings(self, items: list, what: str) -> Iterator[tuple[Batch, torch.Tensor]]:
-        """Positions-first embeddings (P, B, d) of every batch, with a progress bar when verbose."""
-        engine = self.engine_for_device()
+    def _batches(self, items: list, what: str) -> Iterable[Batch]:
+        """The decoded batches of items, with a progress bar when verbose."""
         workers = self.workers
-        if workers is None and engine.name in ("openvino", "onnxruntime") and available_cpus() >= 2:
+        if workers is None and self.engine_for_device().name in ("openvino", "onnxruntime") and available_cpus() >= 2:
             # Their threads run outside the GIL: one decoding thread overlaps them (+5-9% on 2 cores),
             # where beside torch's own OpenMP threads it costs a little.
             workers = 1
         batches = iter_batches(items, self.preprocessing, self.batch_size, workers=workers, max_pixels=self.max_pixels)
-        return embedded_batches(batches, engine, self.net_.project, device=self.device, desc=what,
-                                total=n_batches(len(items), self.batch_size), verbose=self.verbose)
+        return progress(batches, desc=what, total=n_batches(len(items), self.batch_size), verbose=self.verbose)
+
+    def _embeddings(self, items: list, what: str) -> Iterator[tuple[Batch, torch.Tensor]]:
+        """Positions-first embeddings (P, B, d) of every batch, with a progress bar when verbose."""
+        return embedded_batches(self._batches(items, what), self.engine_for_device(), self.net_.project, self.device)
 
     def transform(self, images: Any) -> np.ndarray:
         """Patch embeddings (N, d, h, w) of images, float32 (Rd channels, or PCA components once fitted)."""
@@ -355,8 +358,8 @@ class PaDiM(CheckedParameters, FittedNetworkViews):
     def scored_batches(self, images: Any) -> Iterator[Scored]:
         """Like predict_batches, with the frame check's numbers (frame_scores, contrast, blank: numpy or None)."""
         self._require_fitted()
-        embedded = self._embeddings(as_items(images), "predict")
-        return scored_batches(embedded, self.net_, getattr(self, "frame_", None), self.preprocessing.std)
+        return scored_batches(self._batches(as_items(images), "predict"), self.engine_for_device(), self.net_,
+                              getattr(self, "frame_", None), self.preprocessing.std, self.device)
 
     def predict(self, images: Any, original_size: bool = False, image_threshold: float | None = None,
                 pixel_threshold: float | None = None) -> Prediction:

@@ -85,9 +85,12 @@ class PadimNet(nn.Module):
         """Anomaly maps at the input's size and image scores."""
         return self.score_positions(self.embed_positions(x))
 
-    def score_positions(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Anomaly maps (B, H, W) and image scores (B,) from positions-first embeddings (centred in place)."""
-        dist = patch_distances(embedding, self.factor, self.mean_hi, self.mean_lo)
+    def score_positions(self, embedding: torch.Tensor, threads: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Anomaly maps (B, H, W) and image scores (B,) from positions-first embeddings (centred in place).
+
+        `threads` caps the CPU threads of the distances (default: this process's CPUs).
+        """
+        dist = patch_distances(embedding, self.factor, self.mean_hi, self.mean_lo, threads=threads)
         maps = smooth_maps(dist.T.reshape(embedding.shape[1], *self.grid), self.smooth_h, self.smooth_w)
         return maps, image_scores(maps)
 

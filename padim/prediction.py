@@ -10,7 +10,9 @@ import numpy as np
 import torch
 
 from padim.data import Batch, Preprocess, check_finite
+from padim.engine import Engine
 from padim.frame import FrameModel, frame_contrast, frame_descriptors, frame_reasons
+from padim.lanes import LANE_MIN_BATCH, run_in_lanes
 from padim.utils.constraints import check_threshold
 
 # What a detector yields per batch: (batch, maps (B, H, W), scores (B,), more per-image arrays by name).
@@ -51,22 +53,49 @@ def _original_maps(maps: Any, batch: Batch, preprocess: Preprocess) -> list[np.n
     return [preprocess.to_original(m[None], s)[0].numpy() for m, s in zip(rows, batch.original_sizes)]
 
 
-def scored_batches(embedded: Iterable[tuple[Batch, torch.Tensor]], net: Any, frame: FrameModel | None,
-                   std: tuple[float, float, float]) -> Iterator[Scored]:
-    """(batch, maps, scores, frame-check numbers) of every embedded batch, scored by a fitted PadimNet."""
-    for batch, emb in embedded:
-        contrast = frame_contrast(batch.pixels, std)
-        checks = {"contrast": contrast.cpu().numpy(), "frame_scores": None, "blank": None}
-        if frame is not None:  # before scoring: score_positions centres the embeddings in place
-            descriptors = frame_descriptors(emb, net.grid, net.descriptor_blocks)
-            checks["frame_scores"] = frame.scores(descriptors).cpu().numpy()
-            checks["blank"] = frame.blank(contrast).cpu().numpy()
+def score_embeddings(emb: torch.Tensor, net: Any, frame: FrameModel | None,
+                     threads: int | None = None) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """Maps, scores and frame scores (numpy or None) of positions-first embeddings (centred in place)."""
+    frame_scores = None
+    if frame is not None:  # before scoring: score_positions centres the embeddings in place
+        frame_scores = frame.scores(frame_descriptors(emb, net.grid, net.descriptor_blocks)).cpu().numpy()
+    with torch.no_grad():
+        maps, scores = net.score_positions(emb, threads)
+    return maps, scores, frame_scores
+
+
+def _score_in_lanes(pixels: torch.Tensor, lanes: list[Engine], net: Any,
+                    frame: FrameModel | None) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """score_embeddings of a batch whose parts each lane embeds and scores side by side (padim.lanes)."""
+    def part(lane: Engine, sl: slice) -> tuple[torch.Tensor, torch.Tensor, Any]:
         with torch.no_grad():
-            maps, scores = net.score_positions(emb)
+            return score_embeddings(net.project(lane(pixels[sl])), net, frame, lane.threads)
+
+    parts = run_in_lanes(part, len(pixels), lanes)
+    frame_scores = None if frame is None else np.concatenate([p[2] for p in parts])
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), frame_scores
+
+
+def scored_batches(batches: Iterable[Batch], engine: Engine, net: Any, frame: FrameModel | None,
+                   std: tuple[float, float, float], device: str | torch.device = "cpu") -> Iterator[Scored]:
+    """(batch, maps, scores, frame-check numbers) of every batch, embedded by an engine and scored by a PadimNet.
+
+    Batches of LANE_MIN_BATCH or more go through the engine's lanes, when it has any (padim.lanes).
+    """
+    for batch in batches:
+        contrast = frame_contrast(batch.pixels, std)
+        lanes = engine.lanes() if len(batch.pixels) >= LANE_MIN_BATCH else []
+        if lanes:
+            maps, scores, frame_scores = _score_in_lanes(batch.pixels, lanes, net, frame)
+        else:
+            with torch.no_grad():
+                emb = net.project(engine(batch.pixels).to(device))
+            maps, scores, frame_scores = score_embeddings(emb, net, frame)
         # NaN/inf in a patch's embedding (or in the model) reaches its image's maximum: checking the
         # scores is equivalent to checking every embedding, at a fraction of the cost.
         check_finite(scores, batch, "anomaly score is NaN/inf (NaN/inf features or model tensors)")
-        yield batch, maps, scores, checks
+        blank = None if frame is None else frame.blank(contrast).cpu().numpy()
+        yield batch, maps, scores, {"contrast": contrast.cpu().numpy(), "frame_scores": frame_scores, "blank": blank}
 
 
 def collect(scored: Iterable[Scored], original_size: Preprocess | None = None) -> Prediction:

@@ -20,10 +20,10 @@ NUMPY_MIN_BATCH = 4
 
 
 def _numpy_distances(x: torch.Tensor, stairs: list[torch.Tensor], mean_hi: torch.Tensor | None,
-                     mean_lo: torch.Tensor | None) -> torch.Tensor:
-    """patch_distances through padim_runtime's numpy kernel, positions split over this process's CPUs."""
+                     mean_lo: torch.Tensor | None, threads: int | None = None) -> torch.Tensor:
+    """patch_distances through padim_runtime's numpy kernel, positions split over threads (default: our CPUs)."""
     hi, lo = (None, None) if mean_hi is None else (mean_hi.numpy(), mean_lo.numpy())
-    threads = available_cpus()
+    threads = threads or available_cpus()
     blocks = [blk.numpy() for blk in stairs]
     if threads == 1:
         return torch.from_numpy(whitened_distances(x.numpy(), blocks, hi, lo))
@@ -47,18 +47,19 @@ def centre_(x: torch.Tensor, mean_hi: torch.Tensor, mean_lo: torch.Tensor) -> to
 
 
 def patch_distances(embedding: torch.Tensor, stairs: list[torch.Tensor], mean_hi: torch.Tensor | None = None,
-                    mean_lo: torch.Tensor | None = None, *, chunk: int | None = None) -> torch.Tensor:
+                    mean_lo: torch.Tensor | None = None, *, chunk: int | None = None,
+                    threads: int | None = None) -> torch.Tensor:
     """Mahalanobis distances (P, B) of positions-first (P, B, d) embeddings, given the stairs of U = W^T.
 
     With mean_hi/mean_lo (split_mean) the embeddings are centred first, in place. Row b of x_p U is
     (W_p x_pb)^T (precision = W^T W), so batched products give every patch's whitened vector; its
     norm is the distance. On the CPU in float32, for batches of NUMPY_MIN_BATCH or more, the products go
     through numpy (padim.utils.blas); otherwise through torch, slices of positions in parallel
-    (padim.utils.cpus.parallel_slices).
+    (padim.utils.cpus.parallel_slices), on `threads` threads (default: this process's CPUs).
     """
     if embedding.shape[1] >= NUMPY_MIN_BATCH and numpy_products(embedding, *stairs, mean_hi, mean_lo,
                                                                  dtype=torch.float32):
-        return _numpy_distances(embedding, stairs, mean_hi, mean_lo)
+        return _numpy_distances(embedding, stairs, mean_hi, mean_lo, threads)
     p, b, d = embedding.shape
     if torch.jit.is_tracing():  # no slice loop: a traced loop would bake the trace's batch into the graph
         if mean_hi is not None:
@@ -72,7 +73,7 @@ def patch_distances(embedding: torch.Tensor, stairs: list[torch.Tensor], mean_hi
             centre_(x, mean_hi[sl], mean_lo[sl])
         torch.sqrt(whitened_sq_norms(x, [blk[sl] for blk in stairs]), out=out[sl])
 
-    run_slices(distances, p, chunk or max(1, _CHUNK_BYTES // (4 * b * d)), embedding.device)
+    run_slices(distances, p, chunk or max(1, _CHUNK_BYTES // (4 * b * d)), embedding.device, threads)
     return out
 
 

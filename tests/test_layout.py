@@ -14,7 +14,7 @@ LAYERS = [
     ["padim.backbone", "padim.torch_fast", "padim.embedding", "padim.engine"],
     ["padim.gaussian", "padim.staircase", "padim.frame"],
     ["padim.scoring", "padim.calibration"],
-    ["padim.network", "padim.prediction", "padim.fitting", "padim.modelfile", "padim.plan", "padim.model",
+    ["padim.network", "padim.lanes", "padim.prediction", "padim.fitting", "padim.modelfile", "padim.plan", "padim.model",
      "padim.distributed"],
     ["padim.baselines", "padim.evaluation", "padim.reporting", "padim.deployment"],
     ["padim.cli", "padim.__main__", "padim"],

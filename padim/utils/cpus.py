@@ -120,13 +120,15 @@ def configure_torch_threads(n: int | None = None) -> int:
     return n
 
 
-def parallel_slices(fn: Callable[[slice], None], total: int, step: int, threads: int | None = None) -> None:
-    """Call fn on consecutive slices of range(total), spread over threads that each run torch single-threaded.
+def parallel_slices(fn: Callable[[slice], None], total: int, step: int, threads: int | None = None, *,
+                    inner: int = 1) -> None:
+    """Call fn on consecutive slices of range(total), spread over threads that each run torch with `inner` threads.
 
     Per-position work (statistics, Cholesky, scoring) splits into independent slices. Running them
     in our own threads with one OpenMP thread each avoids OpenMP's team barriers: on 2 cores next to
     another 2-thread job, a fit's statistics update ran 1.8-9x faster this way than with torch's own
     2-thread kernels, and quiet it was 1.25x faster. torch's thread count is restored afterwards.
+    A single worker runs the slices in order, in the caller's thread (and thread count).
     """
     slices = [slice(s, min(s + step, total)) for s in range(0, total, max(1, step))]
     workers = min(threads or available_cpus(), len(slices))
@@ -139,7 +141,7 @@ def parallel_slices(fn: Callable[[slice], None], total: int, step: int, threads:
     outer = torch.get_num_threads()
 
     def run(sl: slice) -> None:
-        torch.set_num_threads(1)  # per thread: OpenMP's team size is a thread-local setting
+        torch.set_num_threads(inner)  # per thread: OpenMP's team size is a thread-local setting
         fn(sl)
 
     try:
@@ -150,10 +152,11 @@ def parallel_slices(fn: Callable[[slice], None], total: int, step: int, threads:
         torch.set_num_threads(outer)
 
 
-def run_slices(fn: Callable[[slice], None], total: int, step: int, device: "torch.device") -> None:
+def run_slices(fn: Callable[[slice], None], total: int, step: int, device: "torch.device",
+               threads: int | None = None) -> None:
     """parallel_slices on the CPU; on a GPU the slices run in order (the device is parallel already)."""
     if device.type == "cpu":
-        parallel_slices(fn, total, step)
+        parallel_slices(fn, total, step, threads)
     else:
         for start in range(0, total, step):
             fn(slice(start, min(start + step, total)))
