@@ -52,6 +52,9 @@ _MAX_COMPILED = 6  # OpenVINO: batch sizes compiled statically at once (others s
 # from a file peaked at 1652-1672 MB, not 1851-1903). The price: beside a 2-thread CPU job each extra
 # inference call costs, 0.36-0.43 of the quiet speed against 0.47-0.50 unsplit (benchmarks/README.md).
 OPENVINO_SUB_BATCH = 8
+# OpenVINO lanes (padim.lanes) compile models of their own: above this graph size (WR50, ~270 MB) they
+# cost memory for no speed (WR50 predict peak +78 MB, speed 0.97x the whole engine's in one run).
+LANE_MAX_GRAPH_BYTES = 64 << 20
 
 
 class TapEmbedding(nn.Module):
@@ -236,6 +239,7 @@ class OpenVinoEngine(Engine):
         self._version = ov.get_version()
         self.core = ov.Core()
         self.model = self.core.read_model(graph, b"")
+        self.graph_bytes = len(graph)
         self.config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
                        "INFERENCE_NUM_THREADS": threads, "ENABLE_CPU_PINNING": False}
         self.compiled: OrderedDict[int, Any] = OrderedDict()
@@ -300,7 +304,7 @@ class OpenVinoEngine(Engine):
 
     def lanes(self) -> list[Engine]:
         """Two engines of half the threads each, sharing this one's core and graph (built on first use)."""
-        if self.threads >= 2 and not self._lanes:
+        if self.threads >= 2 and self.graph_bytes <= LANE_MAX_GRAPH_BYTES and not self._lanes:
             self._lanes = [self._twin(self.threads // 2) for _ in range(2)]
         return self._lanes
 

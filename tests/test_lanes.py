@@ -127,3 +127,11 @@ def test_distances_honour_a_thread_count_of_one(monkeypatch) -> None:
 
     monkeypatch.setattr(scoring, "ThreadPoolExecutor", NoPool)
     torch.testing.assert_close(patch_distances(x.clone(), stairs, threads=1), want, rtol=1e-6, atol=1e-6)
+
+
+def test_a_large_graph_gets_no_lanes(fitted, monkeypatch) -> None:
+    import padim.engine as engine_module
+
+    engine = fitted.engine_for_device()._twin(2)
+    monkeypatch.setattr(engine_module, "LANE_MAX_GRAPH_BYTES", engine.graph_bytes - 1)
+    assert engine.lanes() == []
