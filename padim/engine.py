@@ -311,7 +311,7 @@ class OpenVinoEngine(Engine):
     def _twin(self, threads: int) -> "OpenVinoEngine":
         """This engine on fewer threads, with compiled models of its own."""
         twin = copy.copy(self)
-        twin.threads = threads
+        twin.threads, twin.model = threads, self.model.clone()  # lanes compile side by side: no shared model
         twin.config = {**self.config, "INFERENCE_NUM_THREADS": threads}
         twin.trim()
         return twin
