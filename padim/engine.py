@@ -52,7 +52,7 @@ _MAX_COMPILED = 6  # OpenVINO: batch sizes compiled statically at once (others s
 # from a file peaked at 1652-1672 MB, not 1851-1903). The price: beside a 2-thread CPU job each extra
 # inference call costs, 0.36-0.43 of the quiet speed against 0.47-0.50 unsplit (benchmarks/README.md).
 OPENVINO_SUB_BATCH = 8
-# OpenVINO lanes (padim.lanes) compile models of their own: above this graph size (WR50, ~270 MB) they
+# OpenVINO lanes (padim.lanes) compile models of their own: above this graph size (WR50's: 82 MB) they
 # cost memory for no speed (WR50 predict peak +78 MB, speed 0.97x the whole engine's in one run).
 LANE_MAX_GRAPH_BYTES = 64 << 20
 
