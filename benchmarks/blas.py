@@ -5,7 +5,9 @@
 
 Prints, per PADIM_BLAS choice, the median time of: the Mahalanobis distances of one batch (3136
 positions, batch 1, 4, 8 and 32, centring included), and one statistics update (3136 positions, as many
-embeddings as the fit's float32 block holds: 121 at d=176, 38 at d=550; float64 row blocks). Random data of the real shapes: speed does not depend on the values.
+embeddings as the fit's float32 block holds: 121 at d=176, 38 at d=550; float64 row blocks), and the
+factorisation of those statistics (padim.gaussian.precision_factor: Cholesky and inverse factor of
+every position's covariance). Random data of the real shapes: speed does not depend on the values.
 Each figure alternates numpy and torch runs in this one process, so a noisy machine affects both alike.
 """
 
@@ -19,8 +21,8 @@ from collections.abc import Callable
 
 import torch
 
-from padim import staircase
-from padim.gaussian import BatchBuffer, GaussianStats
+from padim import paper, staircase
+from padim.gaussian import BatchBuffer, GaussianStats, precision_factor
 from padim.scoring import patch_distances, split_mean
 from padim.utils.blas import CHOICES, ENV_VAR
 
@@ -71,6 +73,11 @@ def main() -> None:
 
     med = alternate({c: update for c in CHOICES}, max(3, args.repeat // 2))
     print(f"| statistics update, {rows} embeddings | " + " | ".join(f"{1e3 * med[c]:.0f}" for c in CHOICES)
+          + f" | {med['torch'] / med['numpy']:.2f} |")
+    stats = GaussianStats.empty(POSITIONS, d)
+    stats.update(emb)
+    med = alternate({c: (lambda: precision_factor(stats, paper.EPSILON)) for c in CHOICES}, max(3, args.repeat // 2))
+    print(f"| factorisation, {rows} embeddings | " + " | ".join(f"{1e3 * med[c]:.0f}" for c in CHOICES)
           + f" | {med['torch'] / med['numpy']:.2f} |")
 
 

@@ -295,12 +295,53 @@ class BatchBuffer:
         self.filled = 0
 
 
+INVERSE_BASE = 64  # inverse_lower solves blocks up to this size directly
 FACTOR_CHUNK_BYTES = 1 << 26  # float64 working memory per thread of the factorisation (3 d x d matrices a position)
 
 
 def factor_chunk(dim: int) -> int:
     """Positions factorised at once per thread: 128, fewer for large d (WR50-Rd550: 8, 64 MB not 0.9 GB)."""
     return max(1, min(128, FACTOR_CHUNK_BYTES // (3 * 8 * dim * dim)))
+
+
+def inverse_lower(lower: np.ndarray) -> np.ndarray:
+    """L^-1 of lower-triangular (P, n, n) float64 matrices (each row of the stack one position)."""
+    n = lower.shape[-1]
+    if n <= INVERSE_BASE:
+        eye = torch.eye(n, dtype=torch.float64).expand(lower.shape)
+        return torch.linalg.solve_triangular(torch.from_numpy(lower), eye, upper=False).numpy()
+    # [[A, 0], [C, D]]^-1 = [[A^-1, 0], [-D^-1 C A^-1, D^-1]]: two halves and two stacked products,
+    # about 2n^3/3 flops at matrix-product speed, against n^3 for a solve with the identity.
+    h = n // 2
+    out = np.zeros_like(lower)
+    out[:, :h, :h] = inverse_lower(lower[:, :h, :h])
+    out[:, h:, h:] = inverse_lower(lower[:, h:, h:])
+    np.matmul(out[:, h:, h:], np.matmul(lower[:, h:, :h], out[:, :h, :h]), out=out[:, h:, :h])
+    np.negative(out[:, h:, :h], out=out[:, h:, :h])
+    return out
+
+
+def _inverse_factor(cov: torch.Tensor) -> torch.Tensor | None:
+    """W = L^-1 of the Cholesky factors of (P, d, d) covariances (lower triangles read); None if one is not SPD."""
+    if numpy_products(cov, dtype=STATS_DTYPE):
+        # numpy's stacked Cholesky and products release the GIL and scale over our threads: 2.2x
+        # (d=176) and 1.9x (d=550) torch's Cholesky + triangular solve on 2 threads (benchmarks/README.md).
+        try:
+            lower = np.linalg.cholesky(cov.numpy())
+        except np.linalg.LinAlgError:
+            return None
+        # OpenBLAS's Cholesky need not flag NaN, and an infinite variance leaves a finite inverse
+        # (1/inf = 0): a non-finite diagonal of L or entry of W is the same failure.
+        if not np.isfinite(np.diagonal(lower, axis1=1, axis2=2)).all():
+            return None
+        inverse = inverse_lower(lower)
+        return torch.from_numpy(inverse) if np.isfinite(inverse).all() else None
+    lower, info = torch.linalg.cholesky_ex(cov)
+    if int(info.max()) > 0 or not bool(lower.diagonal(dim1=1, dim2=2).isfinite().all()):
+        return None
+    eye = torch.eye(cov.shape[-1], dtype=lower.dtype, device=lower.device).expand_as(lower)
+    inverse = torch.linalg.solve_triangular(lower, eye, upper=False)
+    return inverse if bool(inverse.isfinite().all()) else None
 
 
 def precision_factor(stats: GaussianStats, eps: float, chunk: int | None = None) -> list[torch.Tensor]:
@@ -318,16 +359,16 @@ def precision_factor(stats: GaussianStats, eps: float, chunk: int | None = None)
     failed = []
 
     def factor_slice(sl: slice) -> None:
-        lower, info = torch.linalg.cholesky_ex(stats.lower_covariance(eps, sl))
-        if int(info.max()) > 0:
+        inverse = _inverse_factor(stats.lower_covariance(eps, sl))
+        if inverse is None:
             failed.append(sl.start)
             return
-        eye = torch.eye(dim, dtype=lower.dtype, device=lower.device).expand_as(lower)
-        upper = torch.linalg.solve_triangular(lower.mT, eye, upper=True)  # L^-T = W^T
+        upper = inverse.mT  # L^-T = W^T
         for (a, b), blk in zip(zip(edges, edges[1:]), stairs):
             blk[sl] = upper[:, :b, a:b]
 
-    run_slices(factor_slice, n_pos, chunk or factor_chunk(dim), stats.mean.device)
+    with one_blas_thread:  # numpy's products run in our threads, one BLAS thread each
+        run_slices(factor_slice, n_pos, chunk or factor_chunk(dim), stats.mean.device)
     if failed:
         raise InputError("covariance is not positive definite: the features contain NaN/inf or eps is too small")
     return stairs

@@ -103,15 +103,40 @@ def test_merge_refuses_other_shapes() -> None:
         GaussianStats.empty(3, 4).merge(GaussianStats.empty(3, 5))
 
 
-def test_precision_cholesky_inverts_the_covariance_with_fewer_images_than_dimensions() -> None:
+@pytest.mark.parametrize("blas", BLAS_CHOICES)
+@pytest.mark.parametrize("dim", [40, 129])  # one direct solve; halves of 64 and 65 (gaussian.INVERSE_BASE)
+def test_precision_cholesky_inverts_the_covariance_with_fewer_images_than_dimensions(
+        dim: int, blas: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # N < d on 2 threads: the case where batched LU inversion breaks in torch 2.14
+    monkeypatch.setenv(BLAS_ENV, blas)
     rng = np.random.default_rng(5)
-    x = rng.normal(size=(10, 300, 40))
+    x = rng.normal(size=(10, 150, dim)) * np.linspace(0.2, 3.0, dim)
     stats = streamed(x, 10)
-    w = precision_cholesky(stats, 0.01, chunk=64).double()
-    ref_precision = np.linalg.inv(reference_cov(x, 0.01))
-    assert rel_err((w.transpose(1, 2) @ w).numpy(), ref_precision) < 1e-5
+    w = precision_cholesky(stats, 0.01, chunk=32).double()
+    cov = reference_cov(x, 0.01)
+    assert rel_err((w.transpose(1, 2) @ w).numpy(), np.linalg.inv(cov)) < 1e-5
+    assert rel_err(w.numpy(), np.linalg.inv(np.linalg.cholesky(cov))) < 1e-6
     assert torch.all(torch.triu(w, diagonal=1) == 0)
+
+
+@pytest.mark.parametrize("n", [1, 64, 65, 200])
+def test_inverse_lower_equals_the_float64_inverse(n: int) -> None:
+    rng = np.random.default_rng(n)
+    lower = np.tril(rng.normal(size=(3, n, n))) * 0.3 + np.eye(n) * 2.0
+    got = gaussian.inverse_lower(lower)
+    assert rel_err(got, np.linalg.inv(lower)) < 1e-12
+    assert np.all(np.triu(got, 1) == 0)
+
+
+@pytest.mark.parametrize("blas", BLAS_CHOICES)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -1e6])
+def test_a_covariance_that_is_not_positive_definite_is_refused(
+        bad: float, blas: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(BLAS_ENV, blas)
+    stats = streamed(np.random.default_rng(0).normal(size=(20, 70, 100)), 20)
+    stats.scatter[41, 0] = bad  # position 41's first variance, in the second slice of 32
+    with pytest.raises(PadimError, match="not positive definite"):
+        precision_cholesky(stats, 0.01, chunk=32)
 
 
 @pytest.mark.parametrize("dim", [6, 40, 129, 400])  # one block; one; 44, 44, 41 rows; eight blocks of 50
