@@ -321,27 +321,37 @@ def inverse_lower(lower: np.ndarray) -> np.ndarray:
     return out
 
 
-def _inverse_factor(cov: torch.Tensor) -> torch.Tensor | None:
-    """W = L^-1 of the Cholesky factors of (P, d, d) covariances (lower triangles read); None if one is not SPD."""
+def _cholesky(cov: torch.Tensor) -> torch.Tensor | None:
+    """Lower Cholesky factors of (P, d, d) covariances (lower triangles read); None unless every one exists."""
     if numpy_products(cov, dtype=STATS_DTYPE):
-        # numpy's stacked Cholesky and products release the GIL and scale over our threads: 2.2x
-        # (d=176) and 1.9x (d=550) torch's Cholesky + triangular solve on 2 threads (benchmarks/README.md).
+        # numpy's stacked Cholesky and products release the GIL and scale over our threads: with
+        # inverse_lower, 1.5-2.2x torch's Cholesky + triangular solve on 2 threads (benchmarks/README.md).
         try:
-            lower = np.linalg.cholesky(cov.numpy())
+            lower = torch.from_numpy(np.linalg.cholesky(cov.numpy()))
         except np.linalg.LinAlgError:
             return None
-        # OpenBLAS's Cholesky need not flag NaN, and an infinite variance leaves a finite inverse
-        # (1/inf = 0): a non-finite diagonal of L or entry of W is the same failure.
-        if not np.isfinite(np.diagonal(lower, axis1=1, axis2=2)).all():
+    else:
+        lower, info = torch.linalg.cholesky_ex(cov)
+        if int(info.max()) > 0:
             return None
-        inverse = inverse_lower(lower)
-        return torch.from_numpy(inverse) if np.isfinite(inverse).all() else None
-    lower, info = torch.linalg.cholesky_ex(cov)
-    if int(info.max()) > 0 or not bool(lower.diagonal(dim1=1, dim2=2).isfinite().all()):
-        return None
-    eye = torch.eye(cov.shape[-1], dtype=lower.dtype, device=lower.device).expand_as(lower)
-    inverse = torch.linalg.solve_triangular(lower, eye, upper=False)
-    return inverse if bool(inverse.isfinite().all()) else None
+    # OpenBLAS's Cholesky need not flag NaN, and an infinite variance leaves a finite inverse
+    # (1/inf = 0): a non-finite diagonal is the same failure.
+    return lower if bool(lower.diagonal(dim1=1, dim2=2).isfinite().all()) else None
+
+
+def _inverse(lower: torch.Tensor) -> torch.Tensor | None:
+    """W = L^-1 of lower-triangular (P, d, d) factors; None if it is not finite."""
+    if numpy_products(lower, dtype=STATS_DTYPE):
+        inverse = torch.from_numpy(inverse_lower(lower.numpy()))
+    else:
+        eye = torch.eye(lower.shape[-1], dtype=lower.dtype, device=lower.device).expand_as(lower)
+        inverse = torch.linalg.solve_triangular(lower, eye, upper=False)
+    return inverse if _all_finite(inverse) else None
+
+
+def _all_finite(x: torch.Tensor) -> bool:
+    """Whether every entry is finite (numpy's check on the CPU: 7x torch's on a (86, 176, 176) chunk)."""
+    return bool(np.isfinite(x.numpy()).all()) if x.device.type == "cpu" else bool(x.isfinite().all())
 
 
 def precision_factor(stats: GaussianStats, eps: float, chunk: int | None = None) -> list[torch.Tensor]:
@@ -359,7 +369,9 @@ def precision_factor(stats: GaussianStats, eps: float, chunk: int | None = None)
     failed = []
 
     def factor_slice(sl: slice) -> None:
-        inverse = _inverse_factor(stats.lower_covariance(eps, sl))
+        lower = _cholesky(stats.lower_covariance(eps, sl))  # the covariances are freed here
+        inverse = None if lower is None else _inverse(lower)
+        del lower
         if inverse is None:
             failed.append(sl.start)
             return

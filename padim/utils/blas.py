@@ -5,6 +5,8 @@ Scoring (thousands of B x k by k x 48 products a batch) and the statistics' upda
 in its wheels) ran them 1.4-2.3x faster than torch.bmm/baddbmm (MKL) on a 2-core AMD EPYC with
 AVX-512 (benchmarks/blas.py); both agree to rounding, and tests check each against float64. Where torch's
 were as fast, callers keep them (padim.scoring.NUMPY_MIN_BATCH, padim.gaussian.GRAM_NUMPY_MAX_DIM).
+The fit's factorisation (padim.gaussian.precision_factor) follows the same choice: numpy's stacked
+Cholesky and products, against torch's cholesky_ex + solve_triangular.
 """
 
 from __future__ import annotations
