@@ -325,7 +325,8 @@ def _cholesky(cov: torch.Tensor) -> torch.Tensor | None:
     """Lower Cholesky factors of (P, d, d) covariances (lower triangles read); None unless every one exists."""
     if numpy_products(cov, dtype=STATS_DTYPE):
         # numpy's stacked Cholesky and products release the GIL and scale over our threads: with
-        # inverse_lower, 1.5-2.2x torch's Cholesky + triangular solve on 2 threads (benchmarks/README.md).
+        # inverse_lower the whole factorisation ran 1.45x (d=176) and 1.4x (d=550) torch's Cholesky +
+        # triangular solve on 2 AVX2 cores, alternating in one process (benchmarks/README.md).
         try:
             lower = torch.from_numpy(np.linalg.cholesky(cov.numpy()))
         except np.linalg.LinAlgError:
