@@ -3,7 +3,8 @@
     python benchmarks/speed.py                                    # lite0 and r18-rd100, every engine
     python benchmarks/speed.py --configs lite0 --anomalib-python /work/anomalib-venv/bin/python
     python benchmarks/speed.py --before /tmp/padim-before         # + a checkout of an older torch-padim
-    python benchmarks/speed.py --configs lite0 --repeat 3          # 3 interleaved rounds, medians
+    python benchmarks/speed.py --configs lite0 --repeat 3          # 3 interleaved rounds (every other one in
+                                                                  # reverse order), medians
     python benchmarks/speed.py --configs wr50-rd550 --n 100 --n-test 50 --engines torch,openvino
 
 Images: real photos (scikit-image's brick, grass and gravel textures), random 256x256 crops; N for
@@ -12,7 +13,8 @@ fresh process on the same decoded uint8 arrays (PNG and JPEG copies on disk for 
 peak memory (VmHWM after a reset) is the process's own and every ratio compares figures of one run.
 
 Per (config, engine): floor = the tapped backbone alone (taps only, no embedding) on that engine,
-preprocessed batches of 32; fit and predict from in-memory images (decoding and preprocessing
+preprocessed batches of 32, the median batch's speed, measured right before predict and again at the
+end, the higher kept (the whole runs' speeds, which count slow batches as predict does, are in the JSON); fit and predict from in-memory images (decoding and preprocessing
 included); file-to-score = predict from PNG and from JPEG files; batch-1 = median latency of one image
 through predict; contention = fit and predict again while a 2-thread CPU job (OpenBLAS matrix
 products) runs beside them, as a ratio of the quiet speed. ResNet weights are random (no ImageNet
@@ -97,8 +99,9 @@ class Load:
 
 
 # ------------------------------------------------------------------------------ torch-padim worker
-def taps_floor(model, engine: str) -> float:
-    """Throughput (img/s) of the tapped backbone alone on an engine: batches of 32 preprocessed tensors."""
+def taps_floor(model, engine: str, images: int = 4 * BATCH) -> tuple[float, float]:
+    """Throughput (img/s) of the tapped backbone alone on an engine, on batches of 32 preprocessed tensors:
+    the median batch's, and the whole run's over about `images` images (at least 4 batches)."""
     import io
     import warnings
 
@@ -150,11 +153,11 @@ def taps_floor(model, engine: str) -> float:
     with torch.no_grad():
         run()
         times = []
-        for _ in range(4):
+        for _ in range(max(4, -(-images // BATCH))):
             t0 = time.perf_counter()
             run()
             times.append(time.perf_counter() - t0)
-    return BATCH / statistics.median(times)
+    return BATCH / statistics.median(times), BATCH * len(times) / sum(times)
 
 
 def _preimport(engine: str) -> None:
@@ -208,6 +211,7 @@ def padim_worker(config: str, engine: str, paths: dict[str, Path], contention: b
     gc.collect()
     model = PaDiM.load(saved, engine=engine, batch_size=BATCH)  # predict as deployed: from the file
     model.predict(test[:BATCH])  # warm: compiled shapes
+    floors = [taps_floor(model, engine, len(test))]  # right before predict, and again after batch-1
     reset_peak_rss()
     row["predict_ips"] = predict(model, test)
     row["predict_peak_mb"] = peak_rss_mb()
@@ -221,7 +225,11 @@ def padim_worker(config: str, engine: str, paths: dict[str, Path], contention: b
         model.predict(test[i : i + 1])
         lat.append(time.perf_counter() - t0)
     row["batch1_ms"] = 1e3 * statistics.median(lat)
-    row["floor_ips"] = taps_floor(model, engine)
+    floors.append(taps_floor(model, engine, len(test)))
+    # The higher of the two medians (the floor as before, never lower for a drift between them); the
+    # whole-run figures, which count every slow batch as predict's total time does, for comparison.
+    row["floor_ips"] = max(f[0] for f in floors)
+    row["floor_sustained_ips"] = [f[1] for f in floors]
     row["d"], row["threads"] = model.embedding_dim_, torch.get_num_threads()
     tmp.cleanup()
     if contention:
@@ -429,27 +437,26 @@ def targets(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def config_round(config: str, paths: dict[str, Path], cache: Path, args: argparse.Namespace) -> list[dict]:
-    """One round of a config: every engine's worker, then the older checkout's and anomalib's (fresh processes)."""
-    rows = []
+def config_round(config: str, paths: dict[str, Path], cache: Path, args: argparse.Namespace,
+                 reverse: bool = False) -> list[dict]:
+    """One round of a config: every engine's worker, the older checkout's and anomalib's (fresh processes),
+    in that order or, with `reverse`, the other way round (whichever runs second was often faster)."""
     job = {"config": config, "paths": {k: str(v) for k, v in paths.items()}, "contention": not args.no_contention}
-    for engine in args.engines.split(","):
-        row = run([sys.executable, __file__, "--cache", str(cache), "--worker",
-                   json.dumps({**job, "kind": "padim", "engine": engine})])
+    workers = [([sys.executable, __file__, "--cache", str(cache), "--worker",
+                 json.dumps({**job, "kind": "padim", "engine": engine})], None) for engine in args.engines.split(",")]
+    if args.before:
+        workers.append(([sys.executable, __file__, "--worker", json.dumps({**job, "kind": "before"})],
+                        {"PYTHONPATH": str(Path(args.before).resolve())}))
+    if args.anomalib_python:
+        weights = shared_weights(config, cache)
+        workers.append(([args.anomalib_python, __file__, "--worker",
+                         json.dumps({**job, "kind": "anomalib", "weights": str(weights)})], None))
+    rows = []
+    for cmd, env in reversed(workers) if reverse else workers:
+        row = run(cmd, env=env)
         if row:
             rows.append(row)
             print(table(rows[-1:]).splitlines()[-1], flush=True)
-    if args.before:
-        row = run([sys.executable, __file__, "--worker", json.dumps({**job, "kind": "before"})],
-                  env={"PYTHONPATH": str(Path(args.before).resolve())})
-        if row:
-            rows.append(row)
-    if args.anomalib_python:
-        weights = shared_weights(config, cache)
-        row = run([args.anomalib_python, __file__, "--worker",
-                   json.dumps({**job, "kind": "anomalib", "weights": str(weights)})])
-        if row:
-            rows.append(row)
     return rows
 
 
@@ -509,8 +516,8 @@ def main() -> None:
     paths = make_images(cache, args.n, args.n_test)
     rounds: list[list[dict]] = [[] for _ in range(args.repeat)]
     for config in args.configs.split(","):
-        for rows in rounds:  # round by round, so that a drift of the machine's speed reaches every worker alike
-            rows += config_round(config, paths, cache, args)
+        for i, rows in enumerate(rounds):  # round by round, so that a drift of the machine's speed reaches every worker alike
+            rows += config_round(config, paths, cache, args, reverse=i % 2 == 1)
     rows = medians(rounds) if args.repeat > 1 else rounds[0]
     print(table(rows))
     print(targets(rows))
