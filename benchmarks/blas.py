@@ -77,9 +77,7 @@ def main() -> None:
     med = alternate({c: update for c in CHOICES}, max(3, args.repeat // 2))
     print(f"| statistics update, {rows} embeddings | " + " | ".join(f"{1e3 * med[c]:.0f}" for c in CHOICES)
           + f" | {med['torch'] / med['numpy']:.2f} |")
-    stats = GaussianStats.empty(POSITIONS, d)
-    stats.update(emb)
-    med = alternate({c: (lambda: precision_factor(stats, paper.EPSILON)) for c in CHOICES}, max(3, args.repeat // 2))
+    med = alternate({c: (lambda: precision_factor(updated, paper.EPSILON)) for c in CHOICES}, max(3, args.repeat // 2))
     print(f"| factorisation, {rows} embeddings | " + " | ".join(f"{1e3 * med[c]:.0f}" for c in CHOICES)
           + f" | {med['torch'] / med['numpy']:.2f} |")
 

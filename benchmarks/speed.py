@@ -14,7 +14,8 @@ peak memory (VmHWM after a reset) is the process's own and every ratio compares 
 
 Per (config, engine): floor = the tapped backbone alone (taps only, no embedding) on that engine,
 preprocessed batches of 32, the median batch's speed, measured right before predict and again at the
-end, the higher kept (the whole runs' speeds, which count slow batches as predict does, are in the JSON); fit and predict from in-memory images (decoding and preprocessing
+end, the higher kept (the higher whole-run speed, which counts slow batches as predict does, is in the
+JSON as floor_sustained_ips); fit and predict from in-memory images (decoding and preprocessing
 included); file-to-score = predict from PNG and from JPEG files; batch-1 = median latency of one image
 through predict; contention = fit and predict again while a 2-thread CPU job (OpenBLAS matrix
 products) runs beside them, as a ratio of the quiet speed. ResNet weights are random (no ImageNet
@@ -101,7 +102,10 @@ class Load:
 # ------------------------------------------------------------------------------ torch-padim worker
 def taps_floor(model, engine: str, images: int = 4 * BATCH) -> tuple[float, float]:
     """Throughput (img/s) of the tapped backbone alone on an engine, on batches of 32 preprocessed tensors:
-    the median batch's, and the whole run's over about `images` images (at least 4 batches)."""
+    the median batch's, and the whole run's over about `images` images (at least 4 batches).
+
+    The graph is built afresh on every call: one held through predict would count in predict's peak.
+    """
     import io
     import warnings
 
@@ -229,7 +233,7 @@ def padim_worker(config: str, engine: str, paths: dict[str, Path], contention: b
     # The higher of the two medians (the floor as before, never lower for a drift between them); the
     # whole-run figures, which count every slow batch as predict's total time does, for comparison.
     row["floor_ips"] = max(f[0] for f in floors)
-    row["floor_sustained_ips"] = [f[1] for f in floors]
+    row["floor_sustained_ips"] = max(f[1] for f in floors)
     row["d"], row["threads"] = model.embedding_dim_, torch.get_num_threads()
     tmp.cleanup()
     if contention:
