@@ -246,6 +246,10 @@ class Batch:
     names: list[str]
     original_sizes: list[Size]
 
+    def part(self, sl: slice) -> "Batch":
+        """The images of a slice of the batch."""
+        return Batch(self.pixels[sl], self.names[sl], self.original_sizes[sl])
+
 
 def _prepare(item: Item, preprocess: Preprocess, max_pixels: int | None) -> tuple[torch.Tensor, Size]:
     """Load and preprocess one item."""

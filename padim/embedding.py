@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 
@@ -120,11 +117,3 @@ def positions_to_maps(embedding: torch.Tensor, grid: tuple[int, int]) -> torch.T
     """
     maps = embedding.permute(1, 2, 0).reshape(embedding.shape[1], embedding.shape[2], *grid)
     return maps.clone(memory_format=torch.contiguous_format)
-
-
-def embedded_batches(batches: Iterable[Any], engine: Callable[[torch.Tensor], torch.Tensor],
-                     project: Callable[[torch.Tensor], torch.Tensor], device: str | torch.device) -> Iterator[tuple[Any, torch.Tensor]]:
-    """(batch, positions-first embeddings (P, B, d)) of every batch."""
-    with torch.no_grad():
-        for batch in batches:
-            yield batch, project(engine(batch.pixels).to(device))

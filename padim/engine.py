@@ -36,7 +36,7 @@ from padim.backbone import FeatureExtractor
 from padim.embedding import embed_positions
 from padim.errors import InputError, PadimEnvironmentError, PadimWarning
 from padim.torch_fast import optimised
-from padim.utils.cpus import available_cpus, configure_torch_threads
+from padim.utils.cpus import available_cpus, configure_torch_threads, torch_threads
 from padim.utils.devices import parse_device
 
 AUTO = "auto"
@@ -366,7 +366,7 @@ def build_engine(module: TapEmbedding, size: tuple[int, int], *, name: str = AUT
     module = module.eval()
     candidates = resolve(name, dev)
     probe = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode():
+    with torch.inference_mode(), torch_threads(1):  # a batch of 2: see padim.utils.cpus.torch_threads
         reference = module.to(dev)(probe.to(dev)).cpu()
     graph: bytes | None = None
     for i, candidate in enumerate(candidates):
@@ -374,7 +374,8 @@ def build_engine(module: TapEmbedding, size: tuple[int, int], *, name: str = AUT
             if candidate in ("onnxruntime", "openvino"):
                 if not installed(candidate):
                     raise PadimEnvironmentError(f"{candidate} is not installed (pip install {candidate})")
-                graph = graph or export_graph(module, size)
+                with torch_threads(1):
+                    graph = graph or export_graph(module, size)
             engine = _make(candidate, module, size, dev, threads, graph)
             error = _relative_error(engine(probe).cpu(), reference)
             if not error <= EXACTNESS:

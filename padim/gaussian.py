@@ -11,7 +11,7 @@ from padim_runtime.scoring import one_blas_thread
 
 from padim import staircase
 from padim.utils.blas import numpy_products
-from padim.utils.cpus import run_slices
+from padim.utils.cpus import run_slices, torch_threads
 from padim.errors import InputError
 
 STATS_DTYPE = torch.float64
@@ -282,7 +282,8 @@ class BatchBuffer:
             if self.block is None:
                 self.block = torch.empty(x.shape[0], self.capacity, x.shape[2], dtype=torch.float32, device=x.device)
             take = min(x.shape[1], self.capacity - self.filled)
-            self.block[:, self.filled : self.filled + take].copy_(x[:, :take])
+            with torch_threads(1):  # a memory-bound copy (padim.utils.cpus.torch_threads)
+                self.block[:, self.filled : self.filled + take].copy_(x[:, :take])
             self.filled += take
             x = x[:, take:]
             if self.filled == self.capacity:

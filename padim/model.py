@@ -26,7 +26,8 @@ from padim.backbone import DEFAULT_BACKBONE, Backbone, build_backbone
 from padim.calibration import DEFAULT_FPR, Calibration, holdout_split
 from padim.data import Batch, Preprocess, as_items, iter_batches, n_batches, progress
 from padim.images import DEFAULT_MAX_PIXELS
-from padim.embedding import embedded_batches, positions_to_maps
+from padim.embedding import positions_to_maps
+from padim.lanes import lane_embeddings
 from padim.engine import AUTO, Engine, build_engine, resolve
 from padim.errors import PadimError, PadimWarning
 from padim.frame import FrameModel, FrameStats
@@ -36,7 +37,7 @@ from padim.plan import Plan, make_plan
 from padim.prediction import Prediction, Scored, add_verdicts, collect, scored_batches
 from padim.utils.constraints import (PADIM_CONSTRAINTS, Check, CheckedParameters, check_memory, check_params, check_threshold,
                                     check_value, validate_params)
-from padim.utils.cpus import available_cpus
+from padim.utils.cpus import available_cpus, torch_threads
 from padim.utils.devices import check_device
 
 
@@ -190,8 +191,9 @@ class PaDiM(CheckedParameters, FittedNetworkViews):
     def _init_network(self) -> None:
         """Build the backbone and draw the Rd channels (once, before the first batch)."""
         self._check_params()
-        backbone = build_backbone(self.backbone, layers=self.layers, weights=self.weights, seed=self.seed)
-        channels, n_components = draw_channels(backbone, self.n_features, self.reduction, self.seed)
+        with torch_threads(1):  # small torch work: see padim.utils.cpus.torch_threads
+            backbone = build_backbone(self.backbone, layers=self.layers, weights=self.weights, seed=self.seed)
+            channels, n_components = draw_channels(backbone, self.n_features, self.reduction, self.seed)
         self.backbone_ = backbone
         if n_components is not None:
             self.n_components_ = n_components
@@ -343,7 +345,7 @@ class PaDiM(CheckedParameters, FittedNetworkViews):
 
     def _embeddings(self, items: list, what: str) -> Iterator[tuple[Batch, torch.Tensor]]:
         """Positions-first embeddings (P, B, d) of every batch, with a progress bar when verbose."""
-        return embedded_batches(self._batches(items, what), self.engine_for_device(), self.net_.project, self.device)
+        return lane_embeddings(self._batches(items, what), self.engine_for_device(), self.net_.project)
 
     def transform(self, images: Any) -> np.ndarray:
         """Patch embeddings (N, d, h, w) of images, float32 (Rd channels, or PCA components once fitted)."""

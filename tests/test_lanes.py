@@ -135,3 +135,40 @@ def test_a_large_graph_gets_no_lanes(fitted, monkeypatch) -> None:
     engine = fitted.engine_for_device()._twin(2)
     monkeypatch.setattr(engine_module, "LANE_MAX_GRAPH_BYTES", engine.graph_bytes - 1)
     assert engine.lanes() == []
+
+
+def test_fit_through_lanes_gives_the_whole_engines_statistics(category, monkeypatch) -> None:
+    train = load_split(category)[0]  # 12 = 8 (two lanes of 4) + 4 (below LANE_MIN_BATCH: the whole engine)
+    calls = []
+    real = OpenVinoEngine.lanes
+    monkeypatch.setattr(OpenVinoEngine, "lanes", lambda self: calls.append(1) or real(self))
+    laned = PaDiM(engine="openvino", threads=2, n_features=48, batch_size=LANE_MIN_BATCH).fit(train)
+    assert len(calls) == 1
+    _without_lanes(monkeypatch)
+    whole = PaDiM(engine="openvino", threads=2, n_features=48, batch_size=LANE_MIN_BATCH).fit(train)
+    assert laned.n_samples_seen_ == whole.n_samples_seen_ == len(train)
+    for got, want in [(laned.stats_.mean, whole.stats_.mean), (laned.stats_.scatter, whole.stats_.scatter),
+                      (laned.frame_stats_.gaussian.scatter, whole.frame_stats_.gaussian.scatter)]:
+        assert float((got - want).abs().max()) <= 1e-5 * float(want.abs().max())
+    assert laned.frame_stats_.contrast_min == whole.frame_stats_.contrast_min
+
+
+def test_nan_features_in_a_lane_are_refused_naming_the_image(category, monkeypatch) -> None:
+    from padim.data import as_items
+
+    train = load_split(category)[0][:LANE_MIN_BATCH]
+    model = PaDiM(engine="openvino", threads=2, n_features=48, batch_size=LANE_MIN_BATCH)
+    model._init_network()
+    target = next(iter(model._batches(as_items(train), "fit"))).pixels[6]  # in the second lane's part
+    real = OpenVinoEngine.__call__
+
+    def poisoned(self, x):
+        out = real(self, x)
+        for i in range(len(x)):
+            if torch.equal(x[i], target):
+                out[:, i] = float("nan")
+        return out
+
+    monkeypatch.setattr(OpenVinoEngine, "__call__", poisoned)
+    with pytest.raises(InputError, match=str(train[6]).replace("\\", "\\\\") + ": backbone produced NaN"):
+        model.fit(train)
