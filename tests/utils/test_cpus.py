@@ -176,3 +176,13 @@ def test_parallel_slices_cover_every_index_once_and_restore_torch_threads() -> N
     with pytest.raises(ValueError, match="slice 50"):
         parallel_slices(fail, 103, 10, threads=2)
     assert torch.get_num_threads() == before
+
+
+def test_torch_threads_sets_the_count_inside_and_restores_it_after_an_error() -> None:
+    outer = torch.get_num_threads()
+    with cpus.torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == outer
+    with pytest.raises(RuntimeError), cpus.torch_threads(1):
+        raise RuntimeError("boom")
+    assert torch.get_num_threads() == outer
