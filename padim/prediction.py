@@ -13,6 +13,7 @@ from padim.data import Batch, Preprocess, check_finite
 from padim.engine import Engine
 from padim.frame import FrameModel, frame_contrast, frame_descriptors, frame_reasons
 from padim.lanes import LANE_MIN_BATCH, run_in_lanes
+from padim.utils.cpus import torch_threads
 from padim.utils.constraints import check_threshold
 
 # What a detector yields per batch: (batch, maps (B, H, W), scores (B,), more per-image arrays by name).
@@ -90,7 +91,8 @@ def scored_batches(batches: Iterable[Batch], engine: Engine, net: Any, frame: Fr
         else:
             with torch.no_grad():
                 emb = net.project(engine(batch.pixels).to(device))
-            maps, scores, frame_scores = score_embeddings(emb, net, frame)
+            with torch_threads(1):  # small torch work; the distances split over our own threads
+                maps, scores, frame_scores = score_embeddings(emb, net, frame)
         # NaN/inf in a patch's embedding (or in the model) reaches its image's maximum: checking the
         # scores is equivalent to checking every embedding, at a fraction of the cost.
         check_finite(scores, batch, "anomaly score is NaN/inf (NaN/inf features or model tensors)")

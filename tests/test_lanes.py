@@ -172,3 +172,18 @@ def test_nan_features_in_a_lane_are_refused_naming_the_image(category, monkeypat
     monkeypatch.setattr(OpenVinoEngine, "__call__", poisoned)
     with pytest.raises(InputError, match=str(train[6]).replace("\\", "\\\\") + ": backbone produced NaN"):
         model.fit(train)
+
+
+def test_a_small_batch_splits_its_distances_into_several_slices_a_thread(monkeypatch) -> None:
+    import padim.scoring as scoring
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 1, 12, generator=gen)
+    stairs = [torch.randn(200, 12, 12, generator=gen)]
+    want = patch_distances(x.clone(), stairs, threads=1)
+    steps = []
+    real = scoring.run_slices
+    monkeypatch.setattr(scoring, "run_slices", lambda fn, total, step, *a, **k: steps.append(step) or real(fn, total, step, *a, **k))
+    got = patch_distances(x.clone(), stairs, threads=2)
+    assert steps and -(-200 // steps[0]) >= 8  # 4 slices a thread: not one slice on torch's OpenMP threads
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
