@@ -17,8 +17,8 @@ preprocessed batches of 32, the median batch's speed, measured right before pred
 end, the higher kept (the higher whole-run speed, which counts slow batches as predict does, is in the
 JSON as floor_sustained_ips); fit and predict from in-memory images (decoding and preprocessing
 included); file-to-score = predict from PNG and from JPEG files; batch-1 = median latency of one image
-through predict; contention = fit and predict again while a 2-thread CPU job (OpenBLAS matrix
-products) runs beside them, as a ratio of the quiet speed. ResNet weights are random (no ImageNet
+through predict; contention = fit, predict and batch-1 again while a 2-thread CPU job (OpenBLAS matrix
+products) runs beside them, as a ratio of the quiet speed (batch-1: quiet latency / loaded latency). ResNet weights are random (no ImageNet
 download here; speed does not depend on the values); Lite0 has its real weights. With
 --anomalib-python, anomalib 2.7.0's PadimModel runs on the same weights, channels and normalised
 tensors; with --before, an older checkout runs the same fit and predict.
@@ -180,6 +180,16 @@ def _preimport(engine: str) -> None:
             pass
 
 
+def batch1_ms(model, test) -> float:
+    """Median latency (ms) of one image through predict, over 15 images."""
+    lat = []
+    for i in range(15):
+        t0 = time.perf_counter()
+        model.predict(test[i : i + 1])
+        lat.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(lat)
+
+
 def padim_worker(config: str, engine: str, paths: dict[str, Path], contention: bool) -> dict:
     """Fit, predict, file-to-score, batch-1 latency and contention ratios of one engine (own process)."""
     import numpy as np
@@ -223,12 +233,7 @@ def padim_worker(config: str, engine: str, paths: dict[str, Path], contention: b
         files = sorted(paths[kind].iterdir())
         row[f"{kind}_ips"] = predict(model, files)
     model.predict(test[:1])
-    lat = []
-    for i in range(15):
-        t0 = time.perf_counter()
-        model.predict(test[i : i + 1])
-        lat.append(time.perf_counter() - t0)
-    row["batch1_ms"] = 1e3 * statistics.median(lat)
+    row["batch1_ms"] = batch1_ms(model, test)
     floors.append(taps_floor(model, engine, len(test)))
     # The higher of the two medians (the floor as before, never lower for a drift between them); the
     # whole-run figures, which count every slow batch as predict's total time does, for comparison.
@@ -241,8 +246,10 @@ def padim_worker(config: str, engine: str, paths: dict[str, Path], contention: b
             _, fit_loaded = fit()
             model.predict(test[:BATCH])
             predict_loaded = predict(model, test)
+            batch1_loaded = batch1_ms(model, test)
         row["fit_contention"] = fit_loaded / row["fit_ips"]
         row["predict_contention"] = predict_loaded / row["predict_ips"]
+        row["batch1_contention"] = row["batch1_ms"] / batch1_loaded  # a speed ratio, as the others
     return row
 
 
@@ -372,8 +379,9 @@ def table(rows: list[dict]) -> str:
             fastest[r["config"]] = max(fastest.get(r["config"], 0), r["floor_ips"])
     head = ("| config | engine | floor img/s | fit img/s | fit / fastest floor | predict img/s | predict / fastest floor "
             "| PNG img/s | JPEG img/s | files / tensors | batch-1 ms | fit under load | predict under load "
+            "| batch-1 under load "
             "| fit x anomalib | predict x anomalib | fit peak MB | predict peak MB |")
-    lines = [head, "|" + "---|" * 17]
+    lines = [head, "|" + "---|" * 18]
 
     def f(v, fmt=".1f"):
         return "-" if v is None else format(v, fmt)
@@ -386,6 +394,7 @@ def table(rows: list[dict]) -> str:
             f(r["fit_ips"] / top if top else None, ".2f"), f(r["predict_ips"]),
             f(r["predict_ips"] / top if top else None, ".2f"), f(r.get("png_ips")), f(r.get("jpeg_ips")),
             f(files, ".2f"), f(r.get("batch1_ms")), f(r.get("fit_contention"), ".2f"), f(r.get("predict_contention"), ".2f"),
+            f(r.get("batch1_contention"), ".2f"),
             f(r["fit_ips"] / a["fit_ips"] if a and a is not r else None, ".1f"),
             f(r["predict_ips"] / a["predict_ips"] if a and a is not r else None, ".1f"),
             f(r.get("fit_peak_mb"), ".0f"), f(r.get("predict_peak_mb"), ".0f") + " |"]))
@@ -435,7 +444,7 @@ def targets(rows: list[dict]) -> str:
             if f"{kind}_ips" in auto:
                 ratio = auto[f"{kind}_ips"] / auto["predict_ips"]
                 add(f"{config} {kind.upper()} files >= 0.6x tensors", ratio, ratio >= 0.6)
-        for kind in ("fit", "predict"):
+        for kind in ("fit", "predict", "batch1"):
             if f"{kind}_contention" in auto:
                 add(f"{config} {kind} under load >= 0.35x quiet", auto[f"{kind}_contention"], auto[f"{kind}_contention"] >= 0.35)
     return "\n".join(lines)
