@@ -13,6 +13,7 @@ from padim.data import Batch, Preprocess, check_finite
 from padim.engine import Engine
 from padim.frame import FrameModel, frame_contrast, frame_descriptors, frame_reasons
 from padim.lanes import LANE_MIN_BATCH, run_in_lanes
+from padim.scoring import NUMPY_MIN_BATCH
 from padim.utils.cpus import torch_threads
 from padim.utils.constraints import check_threshold
 
@@ -91,7 +92,9 @@ def scored_batches(batches: Iterable[Batch], engine: Engine, net: Any, frame: Fr
         else:
             with torch.no_grad():
                 emb = net.project(engine(batch.pixels).to(device))
-            with torch_threads(1):  # small torch work; the distances split over our own threads
+            # A batch below NUMPY_MIN_BATCH is small torch work, its distances split over our own threads
+            # (padim.utils.cpus.torch_threads); a larger one (WR50 has no lanes) keeps torch's threads.
+            with torch_threads(1 if len(batch.pixels) < NUMPY_MIN_BATCH else torch.get_num_threads()):
                 maps, scores, frame_scores = score_embeddings(emb, net, frame)
         # NaN/inf in a patch's embedding (or in the model) reaches its image's maximum: checking the
         # scores is equivalent to checking every embedding, at a fraction of the cost.
