@@ -76,7 +76,9 @@ def patch_distances(embedding: torch.Tensor, stairs: list[torch.Tensor], mean_hi
     # At least 4 slices a thread: a small batch as one slice would run on torch's OpenMP threads, whose
     # static split waits on a thread another job has taken (batch-1 Lite0 distances 2x slower beside a
     # 2-thread job); the slices of our pool go to whichever thread is free.
-    step = min(_CHUNK_BYTES // (4 * b * d), -(-p // (4 * (threads or available_cpus()))))
+    step = _CHUNK_BYTES // (4 * b * d)
+    if embedding.device.type == "cpu":
+        step = min(step, -(-p // (4 * (threads or available_cpus()))))
     run_slices(distances, p, chunk or max(1, step), embedding.device, threads)
     return out
 
