@@ -18,7 +18,9 @@ end, the higher kept (the higher whole-run speed, which counts slow batches as p
 JSON as floor_sustained_ips); fit and predict from in-memory images (decoding and preprocessing
 included); file-to-score = predict from PNG and from JPEG files; batch-1 = median latency of one image
 through predict; contention = fit, predict and batch-1 again while a 2-thread CPU job (OpenBLAS matrix
-products) runs beside them, as a ratio of the quiet speed (batch-1: quiet latency / loaded latency). ResNet weights are random (no ImageNet
+products) runs beside them, as a ratio of the quiet speed (batch-1: quiet latency / loaded latency);
+warm predict = the same predict called again (the first call of a process compiles the tail batch's
+size; the floor's batches are warm ones). ResNet weights are random (no ImageNet
 download here; speed does not depend on the values); Lite0 has its real weights. With
 --anomalib-python, anomalib 2.7.0's PadimModel runs on the same weights, channels and normalised
 tensors; with --before, an older checkout runs the same fit and predict.
@@ -229,6 +231,7 @@ def padim_worker(config: str, engine: str, paths: dict[str, Path], contention: b
     reset_peak_rss()
     row["predict_ips"] = predict(model, test)
     row["predict_peak_mb"] = peak_rss_mb()
+    row["predict_warm_ips"] = predict(model, test)  # again: the tail batch's size is compiled now
     for kind in ("png", "jpeg"):
         files = sorted(paths[kind].iterdir())
         row[f"{kind}_ips"] = predict(model, files)
@@ -279,8 +282,12 @@ def before_worker(config: str, paths: dict[str, Path]) -> dict:
     t0 = time.perf_counter()
     model.predict(test)
     predict_ips = len(test) / (time.perf_counter() - t0)
+    predict_peak = peak_rss_mb()
+    t0 = time.perf_counter()
+    model.predict(test)
     return {"config": config, "engine": f"before ({Path(padim.__file__).parent.parent})", "fit_ips": fit_ips,
-            "predict_ips": predict_ips, "fit_peak_mb": fit_peak, "predict_peak_mb": peak_rss_mb()}
+            "predict_ips": predict_ips, "fit_peak_mb": fit_peak, "predict_peak_mb": predict_peak,
+            "predict_warm_ips": len(test) / (time.perf_counter() - t0)}
 
 
 # ------------------------------------------------------------------------------ anomalib worker
@@ -378,10 +385,11 @@ def table(rows: list[dict]) -> str:
         if "floor_ips" in r:
             fastest[r["config"]] = max(fastest.get(r["config"], 0), r["floor_ips"])
     head = ("| config | engine | floor img/s | fit img/s | fit / fastest floor | predict img/s | predict / fastest floor "
+            "| warm predict img/s | warm / fastest floor "
             "| PNG img/s | JPEG img/s | files / tensors | batch-1 ms | fit under load | predict under load "
             "| batch-1 under load "
             "| fit x anomalib | predict x anomalib | fit peak MB | predict peak MB |")
-    lines = [head, "|" + "---|" * 18]
+    lines = [head, "|" + "---|" * 20]
 
     def f(v, fmt=".1f"):
         return "-" if v is None else format(v, fmt)
@@ -392,7 +400,9 @@ def table(rows: list[dict]) -> str:
         lines.append(" | ".join([
             f"| {r['config']}", r["engine"], f(r.get("floor_ips")), f(r["fit_ips"]),
             f(r["fit_ips"] / top if top else None, ".2f"), f(r["predict_ips"]),
-            f(r["predict_ips"] / top if top else None, ".2f"), f(r.get("png_ips")), f(r.get("jpeg_ips")),
+            f(r["predict_ips"] / top if top else None, ".2f"), f(r.get("predict_warm_ips")),
+            f(r["predict_warm_ips"] / top if top and "predict_warm_ips" in r else None, ".2f"),
+            f(r.get("png_ips")), f(r.get("jpeg_ips")),
             f(files, ".2f"), f(r.get("batch1_ms")), f(r.get("fit_contention"), ".2f"), f(r.get("predict_contention"), ".2f"),
             f(r.get("batch1_contention"), ".2f"),
             f(r["fit_ips"] / a["fit_ips"] if a and a is not r else None, ".1f"),
@@ -418,8 +428,10 @@ def targets(rows: list[dict]) -> str:
             continue
         top = max(floors)
         predict, fit = auto["predict_ips"] / top, auto["fit_ips"] / top
+        warm = auto.get("predict_warm_ips", 0) / top
         if config == "lite0":
             add("lite0 predict >= 0.8x fastest floor", predict, predict >= 0.8)
+            add("lite0 predict >= 0.8x fastest floor, second call (tail batch compiled)", warm, warm >= 0.8)
             add("lite0 fit >= 0.6x fastest floor", fit, fit >= 0.6)
             if anomalib:
                 add("lite0 predict >= 5x anomalib", auto["predict_ips"] / anomalib["predict_ips"],
@@ -430,6 +442,7 @@ def targets(rows: list[dict]) -> str:
                     add(f"lite0 {kind} peak <= anomalib's (ratio)", ratio, ratio <= 1)
         if config == "r18-rd100":
             add("r18 predict >= 0.8x fastest floor", predict, predict >= 0.8)
+            add("r18 predict >= 0.8x fastest floor, second call (tail batch compiled)", warm, warm >= 0.8)
             if anomalib:
                 ratio = auto["predict_ips"] / anomalib["predict_ips"]
                 add("r18 predict >= 2x anomalib", ratio, ratio >= 2)
