@@ -34,6 +34,11 @@ def lane_parts(n: int, lanes: int) -> list[slice]:
     return [slice(s, min(s + step, n)) for s in range(0, n, step)]
 
 
+def batch_lanes(engine: Any, n: int) -> list[Any]:
+    """The lanes a batch of n images runs through: the engine's, for n >= LANE_MIN_BATCH; else none."""
+    return engine.lanes() if n >= LANE_MIN_BATCH else []
+
+
 def run_in_lanes(fn: Callable[[Any, slice], T], n: int, lanes: Sequence[Any]) -> list[T]:
     """fn(lane, part) for the lane_parts of range(n), side by side, each lane's torch on its engine's threads.
 
@@ -61,14 +66,14 @@ def lane_embeddings(batches: Iterable[Batch], engine: Any, project: Callable[[An
     """
     with torch.no_grad():
         for batch in batches:
-            lanes = engine.lanes() if len(batch.pixels) >= LANE_MIN_BATCH else []
+            lanes = batch_lanes(engine, len(batch.pixels))
             if not lanes:
                 yield batch, project(engine(batch.pixels))
                 continue
 
-            def part(lane: Any, sl: slice, pixels: Any = batch.pixels) -> Any:
+            def part(lane: Any, sl: slice) -> Any:  # run_in_lanes returns before the loop moves on
                 with torch.no_grad():  # grad mode is per thread
-                    return project(lane(pixels[sl]))
+                    return project(lane(batch.pixels[sl]))
 
             for sl, emb in zip(lane_parts(len(batch.pixels), len(lanes)), run_in_lanes(part, len(batch.pixels), lanes)):
                 yield batch.part(sl), emb

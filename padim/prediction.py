@@ -12,7 +12,7 @@ import torch
 from padim.data import Batch, Preprocess, check_finite
 from padim.engine import Engine
 from padim.frame import FrameModel, frame_contrast, frame_descriptors, frame_reasons
-from padim.lanes import LANE_MIN_BATCH, run_in_lanes
+from padim.lanes import batch_lanes, run_in_lanes
 from padim.scoring import NUMPY_MIN_BATCH
 from padim.utils.cpus import torch_threads
 from padim.utils.constraints import check_threshold
@@ -82,11 +82,11 @@ def scored_batches(batches: Iterable[Batch], engine: Engine, net: Any, frame: Fr
                    std: tuple[float, float, float], device: str | torch.device = "cpu") -> Iterator[Scored]:
     """(batch, maps, scores, frame-check numbers) of every batch, embedded by an engine and scored by a PadimNet.
 
-    Batches of LANE_MIN_BATCH or more go through the engine's lanes, when it has any (padim.lanes).
+    Batches of padim.lanes.LANE_MIN_BATCH or more go through the engine's lanes, when it has any (batch_lanes).
     """
     for batch in batches:
         contrast = frame_contrast(batch.pixels, std)
-        lanes = engine.lanes() if len(batch.pixels) >= LANE_MIN_BATCH else []
+        lanes = batch_lanes(engine, len(batch.pixels))
         if lanes:
             maps, scores, frame_scores = _score_in_lanes(batch.pixels, lanes, net, frame)
         else:
