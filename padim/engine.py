@@ -12,10 +12,9 @@ which one fitted it.
 - ``openvino``: the same ONNX graph compiled by OpenVINO for the CPU, in float32 (OpenVINO would
   otherwise run bfloat16 on CPUs with AMX/AVX512-BF16, which is not exact).
 - ``auto`` (default): on a CUDA device, torch-fast; on the CPU, the first of openvino, onnxruntime,
-  torch-fast that is installed and passes the exactness check. Measured on a 2-core Xeon (Lite0 taps,
-  224 px, batch 32): OpenVINO 6-8x eager, ONNX Runtime 2.4-3.2x, torch-fast 1.2-1.8x; ResNet18
-  OpenVINO 1.9x, ONNX Runtime 2.1x (close enough that one rule serves). An engine that cannot load,
-  or disagrees with eager, gives a one-line PadimWarning and the next one is used.
+  torch-fast that is installed and passes the exactness check (2-core Xeon, Lite0 taps, batch 32: OpenVINO
+  6-8x eager, ONNX Runtime 2.4-3.2x, torch-fast 1.2-1.8x; ResNet18 1.9x and 2.1x: one rule serves). An
+  engine that cannot load, or disagrees with eager, gives a one-line PadimWarning and the next one is used.
 """
 
 from __future__ import annotations
@@ -46,12 +45,11 @@ CPU_ORDER = ("openvino", "onnxruntime", "torch-fast", "torch")
 EXACTNESS = 1e-4
 ONNX_OPSET = 17
 _MAX_COMPILED = 6  # OpenVINO: batch sizes compiled statically at once (others share a dynamic one)
-# OpenVINO runs larger batches as sub-batches of this size. Lite0 on a 2-core AVX-512 CPU, batches of 32:
-# the same quiet speed at sub-batches of 8, 16 or 32, but a model compiled for 32 holds 278-318 MB of
-# activations, for 16 142 MB, for 8 73-114 MB, and at 8 one compiled model serves every batch (a predict
-# from a file peaked at 1652-1672 MB, not 1851-1903). The price: beside a 2-thread CPU job each extra
-# inference call costs, 0.36-0.43 of the quiet speed against 0.47-0.50 unsplit (benchmarks/README.md).
+# OpenVINO runs larger batches as sub-batches: on several threads of 8 (as fast as 16 or 32, a quarter of the
+# activations' memory); on one thread (a lane, padim.lanes) of 1, one image's activations staying in the caches
+# (two lanes, Lite0: 266 img/s against 200 at 8, beside a 2-thread job 138 against 96: benchmarks/README.md).
 OPENVINO_SUB_BATCH = 8
+LANE_SUB_BATCH = 1
 # OpenVINO lanes (padim.lanes) compile models of their own: above this graph size (WR50's: 82 MB) they
 # cost memory for no speed (WR50 predict peak +78 MB, speed 0.97x the whole engine's in one run).
 LANE_MAX_GRAPH_BYTES = 64 << 20
@@ -159,9 +157,7 @@ class TorchEngine(Engine):
         super().__init__(device, threads)
         self.name = "torch-fast" if fast else "torch"
         self.fast = fast
-        self.module = optimised(module, size).to(device) if fast else module.to(device)
-        if fast:
-            self.module = self.module.to(memory_format=torch.channels_last)
+        self.module = optimised(module, size).to(device, memory_format=torch.channels_last) if fast else module.to(device)
         if device.type == "cpu":
             configure_torch_threads(threads)
 
@@ -267,17 +263,22 @@ class OpenVinoEngine(Engine):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Embeddings in the engine's own memory (a request's output, or one buffer per batch size for batches
-        run in sub-batches of OPENVINO_SUB_BATCH): valid until the next call."""
-        batch = int(x.shape[0])
-        if batch <= OPENVINO_SUB_BATCH:
+        run in sub-batches of sub_batch images): valid until the next call."""
+        batch, step = int(x.shape[0]), self.sub_batch
+        if batch <= step:
             return self._infer(x)
         out = None
-        for start in range(0, batch, OPENVINO_SUB_BATCH):
-            part = self._infer(x[start : start + OPENVINO_SUB_BATCH])
+        for start in range(0, batch, step):
+            part = self._infer(x[start : start + step])
             if out is None:
                 out = self._output(batch, part)
             out[:, start : start + part.shape[1]].copy_(part)
         return out
+
+    @property
+    def sub_batch(self) -> int:
+        """Images per inference of a larger batch: LANE_SUB_BATCH on one thread, else OPENVINO_SUB_BATCH."""
+        return LANE_SUB_BATCH if self.threads == 1 else OPENVINO_SUB_BATCH
 
     def _infer(self, x: torch.Tensor) -> torch.Tensor:
         """One inference in the request's own output memory (no copy)."""

@@ -7,7 +7,8 @@ EPYC predict 5-13% faster (ResNet18-Rd100 67.6-70.2 img/s against 60.7-67.1; Lit
 against 109.5-137.3); on a 2-vCPU AVX2 EPYC within the noise (Lite0 +9% and -4%, R18 -3% and -10%:
 README.md's performance section, benchmarks/lanes.py). Beside another 2-thread CPU job the gain is
 large: the engine alone 84.1 against 51.4 img/s (Lite0, AVX2), so the fit embeds through lanes too
-(lane_embeddings; benchmarks/README.md). Batches below LANE_MIN_BATCH keep the whole
+(lane_embeddings; benchmarks/README.md). A lane runs its part one image an inference
+(padim.engine.LANE_SUB_BATCH): a single thread keeps one image's activations in its caches. Batches below LANE_MIN_BATCH keep the whole
 engine: halves of a small batch would score through the slower small-batch path, and batch-1
 latency needs every thread on the one image.
 """

@@ -17,7 +17,7 @@ from padim.errors import PadimWarning
 from padim.data import Preprocess
 from padim.images import pil_to_tensor
 from padim.embedding import embed, split_by_tap
-from padim.engine import AUTO, ENGINES, EXACTNESS, OPENVINO_SUB_BATCH, TapEmbedding, build_engine, default_engine, resolve
+from padim.engine import AUTO, ENGINES, EXACTNESS, LANE_SUB_BATCH, OPENVINO_SUB_BATCH, TapEmbedding, build_engine, default_engine, resolve
 from padim.errors import PadimError
 from padim.evaluation.metrics import image_auroc, pixel_auroc
 from padim.scoring import anomaly_maps
@@ -54,16 +54,18 @@ def test_every_engine_reproduces_torch_eager_on_real_weights_and_photos(name, li
         assert float((got - want[:, : len(batch)]).abs().max()) <= EXACTNESS * float(want.abs().max())
 
 
-def test_openvino_runs_large_batches_in_sub_batches_that_equal_eager(lite0, photos) -> None:
+def test_openvino_runs_large_batches_in_sub_batches_of_its_thread_count_that_equal_eager(lite0, photos) -> None:
     batch = torch.cat([photos, photos.flip(-1), photos.flip(-2), photos.roll(37, -1)])[:19]  # 8 + 8 + 3
     with torch.no_grad():
         want = lite0(batch)
-    engine = build_engine(lite0, SIZE, name="openvino")
-    for _ in range(2):  # the second call reuses the gathering buffer
-        got = engine(batch).clone()
-        assert got.shape == (3136, 19, 176)
-        assert float((got - want).abs().max()) <= EXACTNESS * float(want.abs().max())
-    assert set(engine.compiled) == {OPENVINO_SUB_BATCH, 19 % OPENVINO_SUB_BATCH}  # not one model per batch size
+    for threads, step in ((2, OPENVINO_SUB_BATCH), (1, LANE_SUB_BATCH)):  # a lane's engine has one thread
+        engine = build_engine(lite0, SIZE, name="openvino", threads=threads)
+        assert engine.sub_batch == step
+        for _ in range(2):  # the second call reuses the gathering buffer
+            got = engine(batch).clone()
+            assert got.shape == (3136, 19, 176)
+            assert float((got - want).abs().max()) <= EXACTNESS * float(want.abs().max())
+        assert set(engine.compiled) == {step, 19 % step or step}  # not one model per batch size
 
 
 def test_torch_fast_folds_every_batch_norm_and_fixes_the_padding(lite0) -> None:
