@@ -17,7 +17,8 @@ from padim.errors import PadimWarning
 from padim.data import Preprocess
 from padim.images import pil_to_tensor
 from padim.embedding import embed, split_by_tap
-from padim.engine import AUTO, ENGINES, EXACTNESS, LANE_SUB_BATCH, OPENVINO_SUB_BATCH, TapEmbedding, build_engine, default_engine, resolve
+from padim.engine import AUTO, ENGINES, EXACTNESS, TapEmbedding, build_engine, default_engine, resolve
+from padim.engine.openvino import LANE_SUB_BATCH, OPENVINO_SUB_BATCH
 from padim.errors import PadimError
 from padim.evaluation.metrics import image_auroc, pixel_auroc
 from padim.scoring import anomaly_maps

@@ -130,7 +130,7 @@ def test_distances_honour_a_thread_count_of_one(monkeypatch) -> None:
 
 
 def test_a_large_graph_gets_no_lanes(fitted, monkeypatch) -> None:
-    import padim.engine as engine_module
+    import padim.engine.openvino as engine_module
 
     engine = fitted.engine_for_device()._twin(2)
     monkeypatch.setattr(engine_module, "LANE_MAX_GRAPH_BYTES", engine.graph_bytes - 1)

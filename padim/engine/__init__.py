@@ -19,20 +19,16 @@ which one fitted it.
 
 from __future__ import annotations
 
-import copy
 import importlib
 import io
 import math
 import warnings
-from collections import OrderedDict
-from typing import Any, Callable
+from typing import Callable
 
-import numpy as np
 import torch
-from torch import nn
 
-from padim.backbone import FeatureExtractor
-from padim.embedding import embed_positions
+from padim.engine.base import Engine, TapEmbedding, _as_numpy
+from padim.engine.openvino import OpenVinoEngine
 from padim.errors import InputError, PadimEnvironmentError, PadimWarning
 from padim.torch_fast import optimised
 from padim.utils.cpus import available_cpus, configure_torch_threads, torch_threads
@@ -44,88 +40,6 @@ CPU_ORDER = ("openvino", "onnxruntime", "torch-fast", "torch")
 # Engines must reproduce eager's embeddings to this relative error (of the largest magnitude).
 EXACTNESS = 1e-4
 ONNX_OPSET = 17
-_MAX_COMPILED = 6  # OpenVINO: batch sizes compiled statically at once (others share a dynamic one)
-# OpenVINO runs larger batches as sub-batches: on several threads of 8 (as fast as 16 or 32, a quarter of the
-# activations' memory); on one thread (a lane, padim.lanes) of 1, one image's activations staying in the caches
-# (two lanes, Lite0: 266 img/s against 200 at 8, beside a 2-thread job 138 against 96: benchmarks/README.md).
-OPENVINO_SUB_BATCH = 8
-LANE_SUB_BATCH = 1
-# OpenVINO lanes (padim.lanes) compile models of their own: above this graph size (WR50's: 82 MB) they
-# cost memory for no speed (WR50 predict peak +78 MB, speed 0.97x the whole engine's in one run).
-LANE_MAX_GRAPH_BYTES = 64 << 20
-
-
-class TapEmbedding(nn.Module):
-    """Tapped backbone + patch embedding: normalised (B, 3, H, W) -> (h*w, B, d), positions first.
-
-    Parameters
-    ----------
-    extractor : FeatureExtractor
-        The tapped backbone.
-    kept : list of torch.Tensor
-        Per tap, the indices of the channels kept (padim.embedding.split_by_tap).
-
-    Attributes
-    ----------
-    extractor : FeatureExtractor
-        The tapped backbone.
-    kept : list of torch.Tensor
-        Copies of the kept channel indices.
-    """
-
-    def __init__(self, extractor: FeatureExtractor, kept: list[torch.Tensor]) -> None:
-        super().__init__()
-        self.extractor = extractor
-        self.kept = [k.clone() for k in kept]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Patch embeddings of a normalised batch."""
-        return embed_positions(self.extractor(x), self.kept)
-
-
-class Engine:
-    """Runs a TapEmbedding on one device; subclasses differ in the runtime.
-
-    Parameters
-    ----------
-    device : torch.device
-        Where the embeddings are computed and returned.
-    threads : int
-        CPU threads the runtime uses.
-
-    Attributes
-    ----------
-    name : str
-        The engine's name, one of padim.engine.ENGINES.
-    device, threads
-        As given.
-    """
-
-    name = "torch"
-
-    def __init__(self, device: torch.device, threads: int) -> None:
-        self.device = device
-        self.threads = threads
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """(h*w, B, d) float32 embeddings on this engine's device for a normalised batch.
-
-        The result may live in the engine's own buffers: use it (or copy it) before the next call.
-        """
-        raise NotImplementedError
-
-    def version(self) -> str:
-        """Version of the runtime behind this engine."""
-        return torch.__version__
-
-    def lanes(self) -> list["Engine"]:
-        """Engines sharing this one's threads, to run the parts of a batch side by side (padim.lanes); [] for none."""
-        return []
-
-    def describe(self) -> str:
-        """One line for logs and `padim info`: engine, version, device, threads."""
-        return f"{self.name} {self.version()} on {self.device}" + (
-            f", {self.threads} threads" if self.device.type == "cpu" else "")
 
 
 class TorchEngine(Engine):
@@ -205,122 +119,6 @@ class OnnxRuntimeEngine(Engine):
 
     def version(self) -> str:
         return self._version
-
-
-class OpenVinoEngine(Engine):
-    """The exported network compiled by OpenVINO for the CPU, in float32, one compiled model per batch size.
-
-    Parameters
-    ----------
-    graph : bytes
-        The ONNX graph (export_graph).
-    threads : int
-        Inference threads.
-
-    Attributes
-    ----------
-    model : openvino.Model
-        The graph as read, dynamic in the batch.
-    compiled : OrderedDict
-        Infer requests of the models compiled for one batch size each, least recently used first.
-    dynamic : Any
-        The infer request shared by other batch sizes once _MAX_COMPILED are compiled (None until then).
-    """
-
-    name = "openvino"
-
-    def __init__(self, graph: bytes, threads: int) -> None:
-        super().__init__(torch.device("cpu"), threads)
-        ov = importlib.import_module("openvino")
-        self._version = ov.get_version()
-        self.core = ov.Core()
-        self.model = self.core.read_model(graph, b"")
-        self.graph_bytes = len(graph)
-        self.config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
-                       "INFERENCE_NUM_THREADS": threads, "ENABLE_CPU_PINNING": False}
-        self.compiled: OrderedDict[int, Any] = OrderedDict()
-        self.dynamic: Any = None
-        self._gathered: torch.Tensor | None = None
-        self._lanes: list[Engine] = []
-
-    def _request(self, batch: int) -> Any:
-        """The infer request for this batch size: static shapes run faster than a dynamic batch."""
-        if batch in self.compiled:
-            self.compiled.move_to_end(batch)
-            return self.compiled[batch]
-        if len(self.compiled) >= _MAX_COMPILED:
-            if self.dynamic is None:
-                self.dynamic = self._compile(self.model)
-            return self.dynamic
-        model = self.model.clone()
-        model.reshape({model.inputs[0]: [batch, *model.inputs[0].get_partial_shape()[1:]]})
-        self.compiled[batch] = self._compile(model)
-        return self.compiled[batch]
-
-    def _compile(self, model: Any) -> Any:
-        """One infer request of a compiled model (each request holds its own output: WR50 220 MB at batch 32)."""
-        return self.core.compile_model(model, "CPU", self.config).create_infer_request()
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Embeddings in the engine's own memory (a request's output, or one buffer per batch size for batches
-        run in sub-batches of sub_batch images): valid until the next call."""
-        batch, step = int(x.shape[0]), self.sub_batch
-        if batch <= step:
-            return self._infer(x)
-        out = None
-        for start in range(0, batch, step):
-            part = self._infer(x[start : start + step])
-            if out is None:
-                out = self._output(batch, part)
-            out[:, start : start + part.shape[1]].copy_(part)
-        return out
-
-    @property
-    def sub_batch(self) -> int:
-        """Images per inference of a larger batch: LANE_SUB_BATCH on one thread, else OPENVINO_SUB_BATCH."""
-        return LANE_SUB_BATCH if self.threads == 1 else OPENVINO_SUB_BATCH
-
-    def _infer(self, x: torch.Tensor) -> torch.Tensor:
-        """One inference in the request's own output memory (no copy)."""
-        request = self._request(int(x.shape[0]))
-        request.infer({0: _as_numpy(x)}, share_inputs=True)
-        return torch.from_numpy(request.get_output_tensor(0).data)
-
-    def _output(self, batch: int, part: torch.Tensor) -> torch.Tensor:
-        """The reused (P, batch, d) buffer the sub-batches of a batch are gathered in (the last size only)."""
-        shape = (part.shape[0], batch, *part.shape[2:])
-        if self._gathered is None or tuple(self._gathered.shape) != shape:
-            self._gathered = torch.empty(shape, dtype=part.dtype)
-        return self._gathered
-
-    def version(self) -> str:
-        return self._version.split("-")[0]
-
-    def trim(self) -> None:
-        """Drop the compiled models (the probe's batch of 2 would otherwise stay compiled: WR50 ~0.2 GB each)."""
-        self.compiled = OrderedDict()
-        self.dynamic = None
-        self._gathered = None
-        self._lanes = []
-
-    def lanes(self) -> list[Engine]:
-        """Two engines of half the threads each, sharing this one's core and graph (built on first use)."""
-        if self.threads >= 2 and self.graph_bytes <= LANE_MAX_GRAPH_BYTES and not self._lanes:
-            self._lanes = [self._twin(self.threads // 2) for _ in range(2)]
-        return self._lanes
-
-    def _twin(self, threads: int) -> "OpenVinoEngine":
-        """This engine on fewer threads, with compiled models of its own."""
-        twin = copy.copy(self)
-        twin.threads, twin.model = threads, self.model.clone()  # lanes compile side by side: no shared model
-        twin.config = {**self.config, "INFERENCE_NUM_THREADS": threads}
-        twin.trim()
-        return twin
-
-
-def _as_numpy(x: torch.Tensor) -> np.ndarray:
-    """A contiguous float32 CPU array of a batch (no copy when it already is one)."""
-    return np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
 
 
 # ------------------------------------------------------------------------------ ONNX and selection
